@@ -255,4 +255,35 @@ public class AgentChannelTests
         var create = (await agent.NextAsync(m => m.Command?.CreateTable is not null)).Command;
         Assert.Equal("late", create.CreateTable.Name);
     }
+
+    [Fact]
+    public async Task Releasing_a_segment_pushes_a_blocking_Zero_to_every_holder_before_freeing_its_space()
+    {
+        // Proves the TRIM seam: the store returns to Zero, every holder (the writer too) gets a blocking Zero,
+        // and the space is free only after they acknowledged.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 4 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("d", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b = await c.ConnectAsync("b", autoReply: false);
+        await b.ReplyAsync((await b.NextAsync(m => m.Command?.CreateTable is not null)).Command);
+        var write = a.FaultAndWaitAsync(disk.Id, 1, true);
+        await b.ReplyAsync((await b.NextAsync(m => m.Command?.SetEntries is not null)).Command);
+        Assert.Equal(FaultOutcome.Retry, (await write).Outcome);
+
+        var release = c.Host.Core.Coordinator.ReleaseSegmentsAsync(disk.Id, 0, 4);
+        var zeroA = (await a.NextAsync(m => m.Command?.SetEntries is not null)).Command;
+        var zeroB = (await b.NextAsync(m => m.Command?.SetEntries is not null)).Command;
+        foreach (var z in new[] { zeroA, zeroB })
+        {
+            Assert.True(z.Blocking);
+            Assert.Equal((0ul, 4ul, MapEntry.Zero.Raw), (z.SetEntries.FirstSegment, z.SetEntries.Count, z.SetEntries.Entries.Single()));
+        }
+        var usedBefore = (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes;
+        Assert.Equal((ulong)MiB, usedBefore); // B has not acknowledged: the space is still taken
+        await b.ReplyAsync(zeroB);
+        await release.WaitAsync(TestCluster.Timeout);
+        Assert.Equal(0ul, (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes);
+        Assert.Equal(0ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments);
+    }
 }

@@ -193,7 +193,7 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
         if (!Store.AddPresentation(disk.Id, request.Host, request.ReadOnly))
             throw Error(StatusCode.AlreadyExists, $"disk '{disk.Name}' is already presented to {request.Host}");
         if (_core.Sessions.Get(request.Host) is { } session)
-            await _core.Coordinator.CreateTableAsync(session, disk, request.ReadOnly, waitForReply: true).ConfigureAwait(false);
+            await _core.Coordinator.PresentAsync(session, disk).ConfigureAwait(false);
         LogPresented(_log, disk.Name, request.Host, request.ReadOnly);
         return new Empty();
     }

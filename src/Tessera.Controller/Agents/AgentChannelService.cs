@@ -66,7 +66,7 @@ public sealed partial class AgentChannelService : AgentChannel.AgentChannelBase
 
             foreach (var p in _core.Store.ListPresentations(host: session.Host))
                 if (_core.Store.GetDisk(p.DiskId) is { } disk)
-                    await _core.Coordinator.CreateTableAsync(session, disk, p.ReadOnly, waitForReply: false).ConfigureAwait(false);
+                    _ = _core.Coordinator.SendCreateTable(session, disk, p.ReadOnly);
 
             while (await requestStream.MoveNext(linked.Token).ConfigureAwait(false))
             {

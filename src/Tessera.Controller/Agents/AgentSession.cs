@@ -70,6 +70,8 @@ public sealed class AgentSession
 
     public bool HasTable(ulong diskId) => _tables.ContainsKey(diskId);
 
+    public long Timestamp => _time.GetTimestamp();
+
     public bool IsReadOnly(ulong diskId) => _tables.TryGetValue(diskId, out var readOnly) && readOnly;
 
     public void AddTable(ulong diskId, bool readOnly) => _tables[diskId] = readOnly;
@@ -122,10 +124,15 @@ public sealed class AgentSession
     /// Sends a command and waits for its reply, or for the agent to be fenced: when no reply came within one lease
     /// of sending (or the session closed) the session is closed and we wait until its lease surely lapsed.
     /// </summary>
-    public async Task<AckOutcome> SendAndWaitAsync(Command command, CancellationToken cancellationToken)
+    public Task<AckOutcome> SendAndWaitAsync(Command command, CancellationToken cancellationToken)
     {
-        var reply = SendCommand(command);
         long sentAt = _time.GetTimestamp();
+        return WaitForReplyAsync(SendCommand(command), sentAt, cancellationToken);
+    }
+
+    /// <summary>The waiting half of <see cref="SendAndWaitAsync"/>, for a command sent at <paramref name="sentAt"/> (a timestamp of this session's TimeProvider).</summary>
+    public async Task<AckOutcome> WaitForReplyAsync(Task<CommandReply> reply, long sentAt, CancellationToken cancellationToken)
+    {
         while (!reply.IsCompleted)
         {
             var untilNoReply = Lease - _time.GetElapsedTime(sentAt);

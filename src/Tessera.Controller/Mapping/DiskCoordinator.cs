@@ -237,25 +237,36 @@ public sealed partial class DiskCoordinator
             if (row.Entry.ContainerId != 0) _pool.Free(row.Entry.ContainerId, row.Entry.PhysicalIndex, disk.UnitsPerSegment);
     }
 
-    /// <summary>Creates the disk's table on a connected host (after the presentation was persisted).</summary>
-    public async Task CreateTableAsync(AgentSession session, DiskRow disk, bool readOnly, bool waitForReply)
+    /// <summary>
+    /// Queues CreateTable for a disk on a session, then records that the session holds the table. In that order:
+    /// a push that sees the table is queued after the CreateTable; a push that does not see it is harmless, because
+    /// the new table is all Invalid and every fault on it reads the store, which the push's change already reached.
+    /// Takes no disk lock, so a registration never waits behind a slow change of some disk.
+    /// </summary>
+    public Task<CommandReply> SendCreateTable(AgentSession session, DiskRow disk, bool readOnly)
     {
-        Task<AckOutcome>? wait = null;
+        var reply = session.SendCommand(new Command
+        {
+            DiskId = disk.Id,
+            CreateTable = new CreateTable { Name = disk.Name, SizeBytes = (ulong)disk.SizeBytes, SegmentSizeBytes = (uint)disk.SegmentSizeBytes, ReadOnly = readOnly },
+        });
+        session.AddTable(disk.Id, readOnly);
+        return reply;
+    }
+
+    /// <summary>Creates the disk's table on a connected host after the presentation was persisted, and waits for the reply (or lease lapse).</summary>
+    public async Task PresentAsync(AgentSession session, DiskRow disk)
+    {
+        Task<AckOutcome> wait;
         using (await LockDiskAsync(disk.Id).ConfigureAwait(false))
         {
-            // Re-check under the lock: an unpresent may have raced with this registration.
+            // Re-check under the lock: an unpresent may have raced with this.
             var presentation = _store.ListPresentations(disk.Id, session.Host).FirstOrDefault();
             if (presentation is null || session.IsClosed) return;
-            session.AddTable(disk.Id, presentation.ReadOnly);
-            var command = new Command
-            {
-                DiskId = disk.Id,
-                CreateTable = new CreateTable { Name = disk.Name, SizeBytes = (ulong)disk.SizeBytes, SegmentSizeBytes = (uint)disk.SegmentSizeBytes, ReadOnly = presentation.ReadOnly },
-            };
-            if (waitForReply) wait = session.SendAndWaitAsync(command, _stopping);
-            else _ = session.SendCommand(command);
+            long sentAt = session.Timestamp;
+            wait = session.WaitForReplyAsync(SendCreateTable(session, disk, presentation.ReadOnly), sentAt, _stopping);
         }
-        if (wait is not null && await wait.ConfigureAwait(false) == AckOutcome.Fenced) LogFenced(_log, session.Host, disk.Id);
+        if (await wait.ConfigureAwait(false) == AckOutcome.Fenced) LogFenced(_log, session.Host, disk.Id);
     }
 
     /// <summary>
