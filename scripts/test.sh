@@ -67,30 +67,42 @@ fi
 # --- 3. Test, bounded -----------------------------------------------------------------------------------
 rm -rf "$results"
 mkdir -p "$results"
+test_log="$root/artifacts/test-output.log"
 set +e
 timeout --kill-after=30s "$test_timeout" \
     dotnet test Tessera.slnx -c "$configuration" --no-build -nologo \
         --results-directory "$results" \
         --logger "trx;LogFilePrefix=tessera" \
         --logger "console;verbosity=normal" \
-        --blame-hang --blame-hang-timeout "$hang_timeout" --blame-hang-dump-type mini
-test_rc=$?
+        --blame-hang --blame-hang-timeout "$hang_timeout" --blame-hang-dump-type mini 2>&1 | tee "$test_log"
+test_rc=${PIPESTATUS[0]}
 set -e
 
-# --- 4. Count from the TRX files (one per test project) ------------------------------------------------
-read -r passed failed skipped total < <(/usr/bin/python3 - "$results" <<'PY'
-import glob, sys, xml.etree.ElementTree as ET
-passed = failed = skipped = total = 0
-for path in glob.glob(f"{sys.argv[1]}/**/*.trx", recursive=True):
-    counters = ET.parse(path).getroot().find(".//{*}ResultSummary/{*}Counters")
-    if counters is None:
-        continue
-    get = lambda name: int(counters.get(name, "0"))
-    total += get("total")
-    passed += get("passed")
-    failed += get("failed") + get("error") + get("timeout") + get("aborted")
-    skipped += get("notExecuted") + get("inconclusive")
-print(passed, failed, skipped, total)
+# --- 4. Count -------------------------------------------------------------------------------------------
+# Each test project's run ends with a console summary block ("Total tests: N", "Passed: N", "Failed: N",
+# "Skipped: N"); those are summed. The TRX files are the fallback (and the detailed record in $results).
+read -r passed failed skipped total < <(/usr/bin/python3 - "$test_log" "$results" <<'PY'
+import glob, re, sys, xml.etree.ElementTree as ET
+log, results = sys.argv[1], sys.argv[2]
+sums = {"total": 0, "passed": 0, "failed": 0, "skipped": 0}
+pattern = re.compile(r"^\s*(Total tests|Passed|Failed|Skipped):\s+(\d+)\s*$")
+names = {"Total tests": "total", "Passed": "passed", "Failed": "failed", "Skipped": "skipped"}
+with open(log, errors="replace") as f:
+    for line in f:
+        m = pattern.match(line)
+        if m:
+            sums[names[m.group(1)]] += int(m.group(2))
+if sums["total"] == 0:
+    for path in glob.glob(f"{results}/**/*.trx", recursive=True):
+        counters = ET.parse(path).getroot().find(".//{*}ResultSummary/{*}Counters")
+        if counters is None:
+            continue
+        get = lambda name: int(counters.get(name, "0"))
+        sums["total"] += get("total")
+        sums["passed"] += get("passed")
+        sums["failed"] += get("failed") + get("error") + get("timeout") + get("aborted")
+        sums["skipped"] += get("notExecuted") + get("inconclusive")
+print(sums["passed"], sums["failed"], sums["skipped"], sums["total"])
 PY
 )
 
