@@ -286,4 +286,59 @@ public class AgentChannelTests
         Assert.Equal(0ul, (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes);
         Assert.Equal(0ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments);
     }
+
+    [Fact]
+    public async Task Concurrent_write_faults_on_one_segment_from_two_hosts_allocate_it_once()
+    {
+        // Proves faults of one disk are serialised: the second writer gets the first writer's location, not a new one.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b = await c.ConnectAsync("b");
+        var fromA = a.FaultAndWaitAsync(disk.Id, 4, true);
+        var fromB = b.FaultAndWaitAsync(disk.Id, 4, true);
+        var (ra, rb) = (await fromA, await fromB);
+        Assert.Equal(ra.Entries[4], rb.Entries[4]);
+        Assert.True(new MapEntry(ra.Entries[4]).HasLocation);
+        Assert.Equal(1ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "shared" })).AllocatedSegments);
+    }
+
+    [Fact]
+    public async Task A_holder_that_heartbeats_but_never_replies_is_fenced_and_no_longer_acknowledged()
+    {
+        // Proves a live-but-stuck agent cannot hold up writers forever: after one lease without a reply its session
+        // is closed, its heartbeats stop being acknowledged, and the writer proceeds once that lease ran out.
+        const int leaseMs = 1000;
+        await using var c = await TestCluster.StartAsync(leaseMs);
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b = await c.ConnectAsync("b", autoReply: false);
+        await b.ReplyAsync((await b.NextAsync(m => m.Command?.CreateTable is not null)).Command);
+
+        using var stop = new CancellationTokenSource();
+        var keepAlive = Task.Run(async () =>
+        {
+            for (ulong seq = 1; !stop.IsCancellationRequested; seq++)
+            {
+                try
+                {
+                    await b.SendAsync(new AgentMessage { Heartbeat = new Heartbeat { Sequence = seq } });
+                    await Task.Delay(leaseMs / 10, stop.Token);
+                }
+                catch (Exception) { return; }
+            }
+        });
+
+        var sw = Stopwatch.StartNew();
+        var r = await a.FaultAndWaitAsync(disk.Id, 0, true);
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.True(sw.Elapsed >= TimeSpan.FromMilliseconds(leaseMs - 100), $"answered after {sw.Elapsed}, B was still live");
+        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(3 * leaseMs + 5000), $"answered after {sw.Elapsed}");
+        await b.Ended.Task.WaitAsync(TestCluster.Timeout); // the controller closed B's stream
+        Assert.NotNull(await b.NextAsync(m => m.Command?.SetEntries is not null)); // B was asked first
+        stop.Cancel();
+        await keepAlive;
+    }
 }

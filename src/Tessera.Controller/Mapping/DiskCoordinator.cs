@@ -164,17 +164,22 @@ public sealed partial class DiskCoordinator
         var entry = MapEntry.Mapped(containerId, firstUnit);
         var container = _store.ListContainers().First(c => c.Id == containerId);
         var status = IoStatus.IoError;
+        bool persisted = false;
         try
         {
             // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably.
             var storage = ContainerRegistry.Shared.Open(container.Uri);
             status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
             if (status == IoStatus.Ok) status = await storage.FlushAsync(_stopping).ConfigureAwait(false);
-            if (status == IoStatus.Ok) _store.SetEntries(disk.Id, [(segment, entry)]);
+            if (status == IoStatus.Ok)
+            {
+                _store.SetEntries(disk.Id, [(segment, entry)]);
+                persisted = true;
+            }
         }
         finally
         {
-            if (status != IoStatus.Ok) _pool.Free(containerId, firstUnit, units);
+            if (!persisted) _pool.Free(containerId, firstUnit, units);
         }
         if (status != IoStatus.Ok) return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
 
