@@ -86,11 +86,15 @@ public sealed class MappingTable
 
     /// <summary>
     /// Sets and clears state flags on a range, each entry with a compare-and-swap so a concurrent whole-entry
-    /// replacement is never half overwritten. Setting a state on an entry whose chunk was never loaded leaves
-    /// it Invalid (Invalid already forbids everything), so no memory is allocated for it.
+    /// replacement is never half overwritten. Invalid entries are left alone (Invalid already forbids everything
+    /// and voids the rest of the entry), so no memory is allocated for never-loaded chunks.
+    /// Only NoWrite can be cleared: once Invalid, Zero or Error is set the location is void, and the patent lets
+    /// the controller lift them only by replacing the whole entry.
     /// </summary>
     public void ChangeStates(long first, long count, EntryStates set, EntryStates clear)
     {
+        if ((clear & ~EntryStates.NoWrite) != 0)
+            throw new ArgumentException($"only NoWrite can be cleared; {clear & ~EntryStates.NoWrite} requires replacing the entry", nameof(clear));
         CheckRange(first, count);
         var chunks = _chunks;
         for (long i = 0; i < count; i++)
@@ -107,6 +111,7 @@ public sealed class MappingTable
             while (true)
             {
                 ulong stored = Volatile.Read(ref slot);
+                if (((stored ^ StoredXor) & (ulong)EntryStates.Invalid) != 0) break;
                 ulong updated = new MapEntry(stored ^ StoredXor).WithStates(set, clear).Raw ^ StoredXor;
                 if (Interlocked.CompareExchange(ref slot, updated, stored) == stored) break;
             }

@@ -1,0 +1,85 @@
+using Tessera.Core;
+using Tessera.Core.Containers;
+
+namespace Tessera.Agent;
+
+/// <summary>
+/// The containers this agent may reach, indexed by the container id stored in map entries. A lookup is one array
+/// load; the array is replaced (copy on write) on the rare updates the controller sends.
+/// </summary>
+public sealed class ContainerSet
+{
+    private readonly ContainerRegistry _registry;
+    private volatile Slot?[] _slots = new Slot?[16];
+
+    public ContainerSet(ContainerRegistry registry) => _registry = registry;
+
+    public sealed class Slot
+    {
+        public required uint Id { get; init; }
+        public required string Name { get; init; }
+        public required string Uri { get; init; }
+        public IStorageContainer? Container { get; init; }
+        public bool Failed { get; init; }
+        public string? FailureReason { get; init; }
+
+        /// <summary>Set after a write completes, cleared by the flush that makes it durable.</summary>
+        internal int Dirty;
+    }
+
+    public Slot? Get(ushort id)
+    {
+        var slots = _slots;
+        return id < slots.Length ? slots[id] : null;
+    }
+
+    /// <summary>Adds or replaces a container. Opening failures mark the slot failed instead of throwing.</summary>
+    public Slot Upsert(uint id, string name, string uri, bool failed)
+    {
+        IStorageContainer? container = null;
+        string? reason = failed ? "marked failed by the controller" : null;
+        if (!failed)
+        {
+            try { container = _registry.Open(uri); }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+            {
+                reason = e.Message;
+            }
+        }
+        var slot = new Slot { Id = id, Name = name, Uri = uri, Container = container, Failed = container is null, FailureReason = reason };
+        lock (this)
+        {
+            var slots = _slots;
+            if (id >= slots.Length)
+            {
+                var grown = new Slot?[Math.Max(id + 1, (uint)slots.Length * 2)];
+                Array.Copy(slots, grown, slots.Length);
+                slots = grown;
+            }
+            else
+            {
+                slots = (Slot?[])slots.Clone();
+            }
+            slots[id] = slot;
+            _slots = slots;
+        }
+        return slot;
+    }
+
+    /// <summary>Flushes every container written since its last flush: afterwards every write acknowledged before the call is durable.</summary>
+    public async ValueTask<IoStatus> FlushDirtyAsync(CancellationToken cancellationToken)
+    {
+        var result = IoStatus.Ok;
+        foreach (var slot in _slots)
+        {
+            if (slot?.Container is null || Interlocked.Exchange(ref slot.Dirty, 0) == 0) continue;
+            var status = await slot.Container.FlushAsync(cancellationToken);
+            if (status != IoStatus.Ok)
+            {
+                Volatile.Write(ref slot.Dirty, 1); // still not durable
+                result = status;
+            }
+        }
+        return result;
+    }
+}

@@ -1,0 +1,200 @@
+using System.Collections.Concurrent;
+using System.Threading.Channels;
+using Grpc.Core;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Logging;
+using Tessera.Core.Protocol;
+
+namespace Tessera.Agent;
+
+/// <summary>
+/// Keeps the agent connected to the controller over one long-lived gRPC stream: registers, sends heartbeats,
+/// feeds every controller message to <see cref="AgentCore"/> in order, and reconnects with backoff when the
+/// stream breaks. Also runs the lease check, which must keep running while disconnected.
+/// </summary>
+public sealed partial class ControllerConnection : IAsyncDisposable
+{
+    private const int SendQueueLimit = 16_384;
+    private const int MaxBackoffMs = 2_000;
+
+    private readonly AgentCore _core;
+    private readonly string _controllerUrl;
+    private readonly string _nbdAddress;
+    private readonly TimeProvider _time;
+    private readonly ILogger _logger;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly TaskCompletionSource _registeredOnce = new(TaskCreationOptions.RunContinuationsAsynchronously);
+    private readonly GrpcChannel _channel;
+    private Task? _run;
+    private Task? _leaseLoop;
+
+    public ControllerConnection(AgentCore core, string controllerUrl, string nbdAddress, TimeProvider time, ILogger logger)
+    {
+        _core = core;
+        _controllerUrl = controllerUrl;
+        _nbdAddress = nbdAddress;
+        _time = time;
+        _logger = logger;
+        _channel = GrpcChannel.ForAddress(controllerUrl, new GrpcChannelOptions
+        {
+            HttpHandler = new SocketsHttpHandler
+            {
+                ConnectTimeout = TimeSpan.FromSeconds(2),
+                KeepAlivePingDelay = TimeSpan.FromSeconds(5),
+                KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
+                EnableMultipleHttp2Connections = true,
+            },
+            MaxReceiveMessageSize = 64 << 20,
+            MaxSendMessageSize = 64 << 20,
+        });
+    }
+
+    /// <summary>Completes when the agent registered with the controller for the first time.</summary>
+    public Task RegisteredOnce => _registeredOnce.Task;
+
+    public void Start()
+    {
+        _run = Task.Run(RunAsync);
+        _leaseLoop = Task.Run(LeaseLoopAsync);
+    }
+
+    private async Task RunAsync()
+    {
+        int backoffMs = 50;
+        while (!_stop.IsCancellationRequested)
+        {
+            string reason;
+            try
+            {
+                reason = await RunOneSessionAsync(() => backoffMs = 50);
+            }
+            catch (OperationCanceledException) when (_stop.IsCancellationRequested)
+            {
+                return;
+            }
+            catch (RpcException e)
+            {
+                reason = e.Status.Detail is { Length: > 0 } d ? $"{e.StatusCode}: {d}" : e.StatusCode.ToString();
+            }
+            catch (Exception e) when (e is IOException or HttpRequestException or InvalidOperationException or ChannelClosedException)
+            {
+                reason = e.Message;
+            }
+            Log.SessionEnded(_logger, _controllerUrl, reason, backoffMs);
+            try { await Task.Delay(TimeSpan.FromMilliseconds(backoffMs), _time, _stop.Token); }
+            catch (OperationCanceledException) { return; }
+            backoffMs = Math.Min(backoffMs * 2, MaxBackoffMs);
+        }
+    }
+
+    private async Task<string> RunOneSessionAsync(Action onRegistered)
+    {
+        using var sessionEnd = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+        var client = new AgentChannel.AgentChannelClient(_channel);
+        using var call = client.Connect(cancellationToken: sessionEnd.Token);
+        var link = new GrpcLink(sessionEnd);
+        var writer = link.PumpAsync(call.RequestStream);
+        try
+        {
+            link.Send(new AgentMessage { Register = new Register { Host = _core.HostName, Incarnation = _core.Incarnation, NbdAddress = _nbdAddress, Version = "1" } });
+            var responses = call.ResponseStream;
+            if (!await responses.MoveNext(sessionEnd.Token)) return "controller closed the stream before registering us";
+            if (responses.Current.BodyCase != ControllerMessage.BodyOneofCase.Registered) return $"controller answered {responses.Current.BodyCase} to Register";
+            _core.OnRegistered(link, responses.Current.Registered);
+            onRegistered();
+            _registeredOnce.TrySetResult();
+
+            var heartbeatSent = new ConcurrentDictionary<ulong, long>();
+            var heartbeats = HeartbeatLoopAsync(link, heartbeatSent, sessionEnd.Token);
+            try
+            {
+                while (await responses.MoveNext(sessionEnd.Token))
+                {
+                    var message = responses.Current;
+                    if (message.BodyCase == ControllerMessage.BodyOneofCase.HeartbeatAck)
+                    {
+                        if (heartbeatSent.TryRemove(message.HeartbeatAck.Sequence, out var sentAt)) _core.RenewLease(sentAt);
+                        continue;
+                    }
+                    _core.OnControllerMessage(link, message);
+                }
+                return "controller ended the stream";
+            }
+            finally
+            {
+                sessionEnd.Cancel();
+                await heartbeats;
+            }
+        }
+        finally
+        {
+            _core.OnDisconnected(link, "session ended");
+            sessionEnd.Cancel();
+            link.Complete();
+            try { await writer; } catch (Exception) { /* the session is over either way */ }
+        }
+    }
+
+    private async Task HeartbeatLoopAsync(GrpcLink link, ConcurrentDictionary<ulong, long> sent, CancellationToken cancellationToken)
+    {
+        ulong sequence = 0;
+        try
+        {
+            while (!cancellationToken.IsCancellationRequested)
+            {
+                sequence++;
+                sent[sequence] = _time.GetTimestamp();
+                // Only recent heartbeats matter; keep the map bounded if acks stop coming.
+                if (sent.Count > 64) foreach (var k in sent.Keys) if (k + 64 < sequence) sent.TryRemove(k, out _);
+                link.Send(new AgentMessage { Heartbeat = new Heartbeat { Sequence = sequence } });
+                await Task.Delay(TimeSpan.FromMilliseconds(Math.Max(10, _core.HeartbeatIntervalMs)), _time, cancellationToken);
+            }
+        }
+        catch (OperationCanceledException) { }
+    }
+
+    private async Task LeaseLoopAsync()
+    {
+        try
+        {
+            while (!_stop.IsCancellationRequested)
+            {
+                _core.CheckLease();
+                await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(_core.LeaseMs / 20, 10, 250)), _time, _stop.Token);
+            }
+        }
+        catch (OperationCanceledException) { }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        _stop.Cancel();
+        if (_run != null) await _run;
+        if (_leaseLoop != null) await _leaseLoop;
+        _channel.Dispose();
+    }
+
+    /// <summary>One session's ordered, bounded send queue. A full queue ends the session rather than block the data path.</summary>
+    private sealed class GrpcLink(CancellationTokenSource sessionEnd) : IControllerLink
+    {
+        private readonly Channel<AgentMessage> _queue = Channel.CreateBounded<AgentMessage>(new BoundedChannelOptions(SendQueueLimit) { SingleReader = true });
+
+        public void Send(AgentMessage message)
+        {
+            if (!_queue.Writer.TryWrite(message) && !sessionEnd.IsCancellationRequested) sessionEnd.Cancel();
+        }
+
+        public void Complete() => _queue.Writer.TryComplete();
+
+        public async Task PumpAsync(IClientStreamWriter<AgentMessage> stream)
+        {
+            await foreach (var message in _queue.Reader.ReadAllAsync(sessionEnd.Token)) await stream.WriteAsync(message);
+        }
+    }
+
+    private static partial class Log
+    {
+        [LoggerMessage(120, LogLevel.Warning, "controller session with {Url} ended: {Reason}; reconnecting in {BackoffMs} ms")]
+        public static partial void SessionEnded(ILogger logger, string url, string reason, int backoffMs);
+    }
+}

@@ -1,0 +1,58 @@
+using System.Buffers;
+using Tessera.Core;
+
+namespace Tessera.Nbd;
+
+/// <summary>
+/// One in-flight request. A connection keeps a small pool of these (at most its in-flight bound), so the steady path
+/// allocates nothing: the payload buffer, the extent lists, and the continuation delegate are reused.
+/// </summary>
+internal sealed class RequestContext
+{
+    /// <summary>Buffers at most this large stay with the context between requests; larger ones go back to the pool.</summary>
+    private const int KeepBufferMaxBytes = 1024 * 1024;
+
+    public ulong Cookie;
+    public ushort Command;
+    public ushort Flags;
+    public ulong Offset;
+    public uint Length;
+    public uint Errno;
+    /// <summary>True when the reply must be structured (READ/BLOCK_STATUS after STRUCTURED_REPLY).</summary>
+    public bool Structured;
+    /// <summary>True when the export's zero extents of a read become hole chunks.</summary>
+    public bool SendHoles;
+
+    public byte[] Buffer = [];
+    public readonly NbdExtentList Extents = new();
+
+    public ValueTask<IoStatus> Pending;
+    public readonly Action OnCompleted;
+
+    public RequestContext(NbdConnection owner) => OnCompleted = () => owner.OnOperationCompleted(this);
+
+    public Memory<byte> Payload => Buffer.AsMemory(0, (int)Length);
+
+    public void EnsureBuffer(int bytes)
+    {
+        if (Buffer.Length >= bytes) return;
+        ReturnBuffer();
+        Buffer = ArrayPool<byte>.Shared.Rent(bytes);
+    }
+
+    public void Reset()
+    {
+        if (Buffer.Length > KeepBufferMaxBytes) ReturnBuffer();
+        Extents.Clear();
+        Pending = default;
+        Errno = 0;
+        SendHoles = false;
+        Structured = false;
+    }
+
+    public void ReturnBuffer()
+    {
+        if (Buffer.Length > 0) ArrayPool<byte>.Shared.Return(Buffer);
+        Buffer = [];
+    }
+}
