@@ -26,6 +26,7 @@
 // therefore sees a disk's changes in the order the store made them.
 
 using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Logging;
 using Tessera.Controller.Agents;
 using Tessera.Controller.Allocation;
@@ -48,6 +49,12 @@ public sealed partial class DiskCoordinator
 
     /// <summary>Faults an agent may have outstanding before more are refused (it coalesces per segment, so this is generous).</summary>
     public const int MaxOutstandingFaultsPerSession = 4096;
+
+    private static readonly Meter s_meter = new("Tessera.Controller");
+    private static readonly Counter<long> s_faults = s_meter.CreateCounter<long>("tessera.controller.faults", description: "map faults received");
+    private static readonly Counter<long> s_allocations = s_meter.CreateCounter<long>("tessera.controller.allocations", description: "segments allocated by thin provisioning");
+    private static readonly Counter<long> s_noSpace = s_meter.CreateCounter<long>("tessera.controller.no_space", description: "write faults refused because the pool is full");
+    private static readonly Counter<long> s_fenced = s_meter.CreateCounter<long>("tessera.controller.fenced", description: "agents that did not acknowledge a change and were waited out");
 
     private readonly ControllerStore _store;
     private readonly SpacePool _pool;
@@ -91,6 +98,7 @@ public sealed partial class DiskCoordinator
     /// </summary>
     public void OnFault(AgentSession session, MapFault fault)
     {
+        s_faults.Add(1);
         int n = _outstanding.AddOrUpdate(session, 1, (_, v) => v + 1);
         if (n > MaxOutstandingFaultsPerSession)
         {
@@ -168,7 +176,10 @@ public sealed partial class DiskCoordinator
     {
         int units = disk.UnitsPerSegment;
         if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit))
+        {
+            s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
+        }
 
         var entry = MapEntry.Mapped(containerId, firstUnit);
         var container = _store.ListContainers().First(c => c.Id == containerId);
@@ -192,6 +203,7 @@ public sealed partial class DiskCoordinator
         }
         if (status != IoStatus.Ok) return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
 
+        s_allocations.Add(1);
         LogAllocated(_log, disk.Name, segment, entry.ToString());
         await PushAsync(disk.Id, segment, 1, entry, blocking: false, except: session).ConfigureAwait(false);
         return Retry(fault, disk, segment, false);
@@ -231,7 +243,11 @@ public sealed partial class DiskCoordinator
         }
         var outcomes = await Task.WhenAll(waits).ConfigureAwait(false);
         for (int i = 0; i < outcomes.Length; i++)
-            if (outcomes[i] == AckOutcome.Fenced) LogFenced(_log, names[i], diskId);
+            if (outcomes[i] == AckOutcome.Fenced)
+            {
+                s_fenced.Add(1);
+                LogFenced(_log, names[i], diskId);
+            }
     }
 
     /// <summary>
