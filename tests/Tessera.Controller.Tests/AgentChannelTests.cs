@@ -341,4 +341,51 @@ public class AgentChannelTests
         stop.Cancel();
         await keepAlive;
     }
+
+    [Fact]
+    public async Task A_read_only_host_gets_NoWrite_entries_and_its_write_faults_are_refused()
+    {
+        // Proves a read-only presentation can read mapped data but can neither allocate nor write.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.Admin.CreateDiskAsync(new CreateDiskRequest { Name = "d", SizeBytes = (ulong)(8 * MiB) });
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "d", Host = "rw" });
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "d", Host = "ro", ReadOnly = true });
+        var rw = await c.ConnectAsync("rw");
+        var ro = await c.ConnectAsync("ro");
+
+        var written = await rw.FaultAndWaitAsync(disk.Id, 1, true);
+        var mapped = new MapEntry(written.Entries[1]);
+        var push = (await ro.NextAsync(m => m.Command?.SetEntries is not null)).Command;
+        Assert.Equal(mapped.WithStates(EntryStates.NoWrite, EntryStates.None).Raw, push.SetEntries.Entries.Single());
+
+        var read = await ro.FaultAndWaitAsync(disk.Id, 1, false);
+        Assert.Equal(EntryStates.NoWrite, new MapEntry(read.Entries[1]).States);
+        Assert.Equal(mapped.PhysicalIndex, new MapEntry(read.Entries[1]).PhysicalIndex);
+        var write = await ro.FaultAndWaitAsync(disk.Id, 2, true);
+        Assert.Equal(FaultOutcome.Fail, write.Outcome);
+        Assert.Equal((uint)IoStatus.NotPermitted, write.Status);
+        Assert.Equal(1ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments);
+    }
+
+    [Fact]
+    public async Task A_zeroing_fault_returns_whole_segments_to_Zero_and_frees_their_space()
+    {
+        // Proves WRITE_ZEROES/TRIM of whole segments becomes a table change: Zero everywhere (blocking), space freed.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("d", 8 * MiB, "h1");
+        var agent = await c.ConnectAsync("h1");
+        await agent.FaultAndWaitAsync(disk.Id, 2, true);
+        await agent.FaultAndWaitAsync(disk.Id, 3, true);
+
+        await agent.SendAsync(new AgentMessage { Fault = new MapFault { FaultId = 1000, DiskId = disk.Id, Segment = 2, Write = true, Zero = true, Count = 2 } });
+        var zero = (await agent.NextAsync(m => m.Command?.SetEntries is not null)).Command;
+        Assert.True(zero.Blocking);
+        var r = (await agent.NextAsync(m => m.FaultResponse?.FaultId == 1000)).FaultResponse;
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.Equal(MapEntry.Zero.Raw, r.Entries[2]);
+        Assert.Equal(MapEntry.Zero.Raw, r.Entries[3]);
+        Assert.Equal(0ul, (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes);
+    }
 }
