@@ -22,7 +22,7 @@ public class AgentChannelTests
         await c.CreatePresentedDiskAsync("other", 8 * MiB, "h2");
 
         var agent = await c.ConnectAsync("h1");
-        Assert.Equal(10_000u, agent.Registered.LeaseMs);
+        Assert.Equal((uint)c.LeaseMs, agent.Registered.LeaseMs);
         Assert.True(agent.Registered.ControllerEpoch >= 1);
 
         var first = (await agent.NextAsync()).Command;

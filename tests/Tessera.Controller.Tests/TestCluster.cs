@@ -26,7 +26,8 @@ public sealed class TestCluster : IAsyncDisposable
     public ControllerHost Host { get; private set; } = null!;
     public Tessera.Core.Protocol.Admin.AdminClient Admin { get; private set; } = null!;
 
-    public static async Task<TestCluster> StartAsync(int leaseMs = 10_000, string? dir = null)
+    /// <summary>Fake agents do not heartbeat unless a test makes them; the long default lease keeps a slow machine from fencing them.</summary>
+    public static async Task<TestCluster> StartAsync(int leaseMs = 30_000, string? dir = null)
     {
         dir ??= Path.Combine(Path.GetTempPath(), "tessera-ctrl-" + Guid.NewGuid().ToString("N"));
         var cluster = new TestCluster(dir, leaseMs);
