@@ -37,6 +37,9 @@ public static class Serving
     public static ILoggerFactory CreateLoggerFactory(LogLevel level) => LoggerFactory.Create(builder =>
     {
         builder.SetMinimumLevel(level);
+        // ASP.NET Core logs every gRPC call at Information; only its warnings matter to an operator.
+        builder.AddFilter("Microsoft", (LogLevel)Math.Max((int)level, (int)LogLevel.Warning));
+        builder.AddFilter("Grpc", (LogLevel)Math.Max((int)level, (int)LogLevel.Warning));
         builder.AddSimpleConsole(o =>
         {
             o.SingleLine = true;
