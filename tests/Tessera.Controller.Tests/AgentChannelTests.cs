@@ -388,4 +388,28 @@ public class AgentChannelTests
         Assert.Equal(MapEntry.Zero.Raw, r.Entries[3]);
         Assert.Equal(0ul, (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes);
     }
+
+    [Fact]
+    public async Task After_a_controller_restart_writes_wait_one_lease_for_presented_hosts_that_have_not_registered()
+    {
+        // Proves a restarted controller does not forget holders it never saw: host b may still serve reads from a
+        // table the previous controller gave it, so a's first write waits until b's old lease surely lapsed.
+        const int leaseMs = 3000;
+        await using var c = await TestCluster.StartAsync(leaseMs);
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        await c.CreatePresentedDiskAsync("alone", 8 * MiB, "a");
+        var alone = await c.Admin.GetDiskAsync(new DiskRef { Name = "alone" });
+
+        var sinceRestart = Stopwatch.StartNew();
+        await c.RestartAsync();
+        var a = await c.ConnectAsync("a");
+        var quick = await a.FaultAndWaitAsync(alone.Id, 0, true); // only a holds "alone": no wait
+        Assert.Equal(FaultOutcome.Retry, quick.Outcome);
+        Assert.True(sinceRestart.Elapsed < TimeSpan.FromMilliseconds(leaseMs), $"a disk only a holds waited {sinceRestart.Elapsed}");
+
+        var r = await a.FaultAndWaitAsync(disk.Id, 0, true);
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.True(sinceRestart.Elapsed >= TimeSpan.FromMilliseconds(leaseMs - 100), $"answered {sinceRestart.Elapsed} after the restart, before b's old lease lapsed");
+    }
 }

@@ -67,6 +67,7 @@ public sealed partial class AgentChannelService : AgentChannel.AgentChannelBase
             foreach (var p in _core.Store.ListPresentations(host: session.Host))
                 if (_core.Store.GetDisk(p.DiskId) is { } disk)
                     _ = _core.Coordinator.SendCreateTable(session, disk, p.ReadOnly);
+            _core.Sessions.MarkTablesSent(session.Host);
 
             while (await requestStream.MoveNext(linked.Token).ConfigureAwait(false))
             {

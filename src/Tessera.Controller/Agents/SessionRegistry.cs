@@ -11,7 +11,24 @@ public sealed class SessionRegistry
 
     private readonly Dictionary<string, AgentSession> _open = new(StringComparer.Ordinal);
     private readonly List<AgentSession> _lapsing = new();
+    private readonly HashSet<string> _tablesSent = new(StringComparer.Ordinal);
     private readonly object _lock = new();
+
+    /// <summary>Notes that a session of <paramref name="host"/> was sent CreateTable for every disk presented to it.</summary>
+    public void MarkTablesSent(string host)
+    {
+        lock (_lock)
+            if (_tablesSent.Count < 4 * MaxSessions) _tablesSent.Add(host); // past the bound: treated as unknown, which only waits longer
+    }
+
+    /// <summary>
+    /// True once a session of <paramref name="host"/> registered with this controller process and was sent its
+    /// tables: from then on whatever the host held from before (under a previous controller) is replaced.
+    /// </summary>
+    public bool TablesSent(string host)
+    {
+        lock (_lock) return _tablesSent.Contains(host);
+    }
 
     /// <summary>Adds a session, closing any older session of the same host. False when too many hosts are connected.</summary>
     public bool TryAdd(AgentSession session)
