@@ -412,4 +412,35 @@ public class AgentChannelTests
         Assert.Equal(FaultOutcome.Retry, r.Outcome);
         Assert.True(sinceRestart.Elapsed >= TimeSpan.FromMilliseconds(leaseMs - 100), $"answered {sinceRestart.Elapsed} after the restart, before b's old lease lapsed");
     }
+
+    [Fact]
+    public async Task A_reconnect_of_the_same_agent_process_is_not_waited_out_but_a_new_incarnation_is()
+    {
+        // Proves the old session of a host stops holding a disk once the same incarnation re-registered and got
+        // the disk's table again, while a restarted agent's (new incarnation) old session is waited for one lease.
+        const int leaseMs = 2500;
+        await using var c = await TestCluster.StartAsync(leaseMs);
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b1 = await c.ConnectAsync("b");
+        var b2 = await c.ConnectAsync("b", incarnation: b1.Incarnation); // same process, new stream
+        await b1.Ended.Task.WaitAsync(TestCluster.Timeout);
+
+        var sw = Stopwatch.StartNew();
+        var r = await a.FaultAndWaitAsync(disk.Id, 0, true);
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(leaseMs - 500), $"same-incarnation reconnect was waited out ({sw.Elapsed})");
+        Assert.NotNull(await b2.NextAsync(m => m.Command?.SetEntries is not null));
+
+        await b2.SendAsync(new AgentMessage { Heartbeat = new Heartbeat { Sequence = 1 } });
+        await b2.NextAsync(m => m.HeartbeatAck is not null); // b2's lease now runs a full lease from here
+        sw.Restart();
+        var b3 = await c.ConnectAsync("b"); // the agent restarted: the old process may still serve I/O
+        await b2.Ended.Task.WaitAsync(TestCluster.Timeout);
+        var r2 = await a.FaultAndWaitAsync(disk.Id, 1, true);
+        Assert.Equal(FaultOutcome.Retry, r2.Outcome);
+        Assert.True(sw.Elapsed >= TimeSpan.FromMilliseconds(leaseMs / 2), $"new incarnation's predecessor was not waited for ({sw.Elapsed})");
+        Assert.NotNull(await b3.NextAsync(m => m.Command?.SetEntries is not null));
+    }
 }

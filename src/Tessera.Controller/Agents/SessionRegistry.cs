@@ -83,10 +83,21 @@ public sealed class SessionRegistry
             foreach (var s in _open.Values)
                 if (s.HasTable(diskId) && (host is null || s.Host == host)) list.Add(s);
             foreach (var s in _lapsing)
-                if (s.HasTable(diskId) && (host is null || s.Host == host)) list.Add(s);
+                if (s.HasTable(diskId) && (host is null || s.Host == host) && !Subsumed(s, diskId)) list.Add(s);
             return list;
         }
     }
+
+    /// <summary>
+    /// A closed session is no longer a holder of a disk once the same agent process (same host and incarnation)
+    /// has an open session that was sent CreateTable for that disk: the agent replaced its one table for the disk
+    /// with the new session's before it reads anything else from the new stream, so everything pushed to the new
+    /// session reaches every table that process has. A different incarnation gets no such credit: the old process
+    /// may still be running until its lease lapses.
+    /// </summary>
+    private bool Subsumed(AgentSession closed, ulong diskId) =>
+        _open.TryGetValue(closed.Host, out var current) && !current.IsClosed
+        && current.Incarnation == closed.Incarnation && current.HasTable(diskId);
 
     public void CloseAll(string reason)
     {
