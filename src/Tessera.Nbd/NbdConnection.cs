@@ -104,7 +104,7 @@ internal sealed partial class NbdConnection
             }
             catch (OperationCanceledException) when (_readCts.IsCancellationRequested)
             {
-                reason = _exportClosed ? "export closed" : "server stopping";
+                reason = _exportClosed ? "export closed" : _broken ? "client went away (reply could not be sent)" : "server stopping";
             }
             finally
             {
