@@ -255,12 +255,13 @@ internal sealed partial class NbdConnection
     private uint Validate(RequestContext ctx)
     {
         ushort cmd = ctx.Command, flags = ctx.Flags;
+        // Decided first: even an error reply to READ or BLOCK_STATUS must be structured once structured replies are on.
+        ctx.Structured = _structured && (cmd == NbdWire.CmdRead || cmd == NbdWire.CmdBlockStatus);
         const ushort known = NbdWire.CmdFlagFua | NbdWire.CmdFlagNoHole | NbdWire.CmdFlagDf | NbdWire.CmdFlagReqOne | NbdWire.CmdFlagFastZero;
         if ((flags & ~known) != 0) return NbdErrno.EINVAL;
         if ((flags & NbdWire.CmdFlagDf) != 0 && (cmd != NbdWire.CmdRead || !_structured)) return NbdErrno.EINVAL;
         if ((flags & NbdWire.CmdFlagReqOne) != 0 && cmd != NbdWire.CmdBlockStatus) return NbdErrno.EINVAL;
         if ((flags & (NbdWire.CmdFlagNoHole | NbdWire.CmdFlagFastZero)) != 0 && cmd != NbdWire.CmdWriteZeroes) return NbdErrno.EINVAL;
-        ctx.Structured = _structured && (cmd == NbdWire.CmdRead || cmd == NbdWire.CmdBlockStatus);
         bool inRange = ctx.Offset <= (ulong)_sizeBytes && ctx.Length <= (ulong)_sizeBytes - ctx.Offset;
         switch (cmd)
         {
