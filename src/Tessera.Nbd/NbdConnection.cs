@@ -47,6 +47,7 @@ internal sealed partial class NbdConnection
 
     private readonly Queue<RequestContext> _replies;
     private bool _sending;
+    private volatile bool _deferFlush;
     private volatile bool _broken;
     private readonly byte[] _send;
     private int _sendLength;
@@ -148,6 +149,7 @@ internal sealed partial class NbdConnection
     /// <summary>Waits for started requests to be answered: normally, then (after the grace period) cancelled.</summary>
     private async ValueTask DrainInFlightAsync()
     {
+        ReleaseFlush();
         var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Volatile.Write(ref _idleWaiter, waiter);
         if (Volatile.Read(ref _inFlight) == 0) waiter.TrySetResult();
@@ -188,12 +190,17 @@ internal sealed partial class NbdConnection
     {
         while (true)
         {
+            if (_slots.CurrentCount == 0) ReleaseFlush();
             await _slots.WaitAsync(ct).ConfigureAwait(false);
-            if (_input.BufferedCount < NbdWire.RequestHeaderBytes
-                && !await _input.FillAsync(NbdWire.RequestHeaderBytes, "request header", ct).ConfigureAwait(false))
+            if (_input.BufferedCount < NbdWire.RequestHeaderBytes)
             {
-                _slots.Release();
-                return "client closed the connection without NBD_CMD_DISC";
+                ReleaseFlush();
+                if (!await _input.FillAsync(NbdWire.RequestHeaderBytes, "request header", ct).ConfigureAwait(false))
+                {
+                    _slots.Release();
+                    return "client closed the connection without NBD_CMD_DISC";
+                }
+                _deferFlush = true;
             }
             var ctx = RentContext();
             EnterInFlight();
@@ -219,7 +226,9 @@ internal sealed partial class NbdConnection
                 ctx.EnsureBuffer((int)ctx.Length);
                 try
                 {
+                    if (_input.BufferedCount < (int)ctx.Length) ReleaseFlush();
                     await _input.ReadExactAsync(ctx.Payload, "write payload", ct).ConfigureAwait(false);
+                    _deferFlush = true;
                 }
                 catch
                 {
