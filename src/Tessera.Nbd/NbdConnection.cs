@@ -53,8 +53,12 @@ internal sealed partial class NbdConnection
     private int _sendLength;
     private CancellationTokenSource? _readCts;
 
-    public NbdConnection(Stream stream, INbdExportCatalog catalog, NbdServerOptions options, ILogger logger, long id)
+    /// <summary>The transport blocks in place (a dedicated thread): wait for slots synchronously too, so the reader never moves to a pool thread.</summary>
+    private readonly bool _blockingTransport;
+
+    public NbdConnection(Stream stream, INbdExportCatalog catalog, NbdServerOptions options, ILogger logger, long id, bool blockingTransport = false)
     {
+        _blockingTransport = blockingTransport;
         _stream = stream;
         _catalog = catalog;
         _options = options;
@@ -191,7 +195,8 @@ internal sealed partial class NbdConnection
         while (true)
         {
             if (_slots.CurrentCount == 0) ReleaseFlush();
-            await _slots.WaitAsync(ct).ConfigureAwait(false);
+            if (_blockingTransport) _slots.Wait(ct);
+            else await _slots.WaitAsync(ct).ConfigureAwait(false);
             if (_input.BufferedCount < NbdWire.RequestHeaderBytes)
             {
                 ReleaseFlush();

@@ -47,6 +47,13 @@ public sealed class NbdServerOptions
     /// <summary>Payloads at most this long are copied into the send buffer; longer ones are sent from their own buffer.</summary>
     public int CopyPayloadMaxBytes { get; set; } = 16 * 1024;
 
+    /// <summary>
+    /// Serve each socket connection from its own thread with blocking receives (like nbdkit), instead of async
+    /// sockets. Saves the thread-pool hop per receive, which dominates small-request latency; costs one thread per
+    /// connection. Exports should still complete asynchronously when they wait for anything.
+    /// </summary>
+    public bool ThreadPerConnection { get; set; } = true;
+
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
 
     public void Validate()
