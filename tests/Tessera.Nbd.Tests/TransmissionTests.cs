@@ -247,6 +247,38 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task A_SlowRequestDoesNotHoldBackLaterOnesOnTheSameConnection()
+    {
+        // Proves requests on one connection run concurrently and replies go out in completion order, not request order.
+        await using var s = await TestServer.StartAsync();
+        await using var c = await s.ConnectAsync();
+        s.Disk.GateOnlyReadsAt = 1 << 20;
+        s.Disk.Gate = new TaskCompletionSource();
+        var slow = c.ReadAsync(1 << 20, new byte[4096]).AsTask();
+        Assert.Equal(0u, await c.ReadAsync(0, new byte[4096]).AsTask().WaitAsync(TimeSpan.FromSeconds(20)));
+        Assert.Equal(0u, await c.WriteAsync(8192, new byte[512]).AsTask().WaitAsync(TimeSpan.FromSeconds(20)));
+        Assert.False(slow.IsCompleted);
+        s.Disk.Gate.SetResult();
+        Assert.Equal(0u, await slow.WaitAsync(TimeSpan.FromSeconds(20)));
+    }
+
+    [Fact]
+    public async Task InFlightRequestsPerConnectionAreBounded()
+    {
+        // Proves the server stops reading new requests while the in-flight bound is reached, and resumes when one completes.
+        await using var s = await TestServer.StartAsync(o => o.MaxInFlightPerConnection = 2);
+        await using var c = await s.ConnectAsync();
+        s.Disk.Gate = new TaskCompletionSource();
+        var reads = Enumerable.Range(0, 5).Select(i => c.ReadAsync(i * 4096L, new byte[4096]).AsTask()).ToArray();
+        while (s.Disk.OperationsStarted < 2) await Task.Delay(5);
+        await Task.Delay(200);
+        Assert.Equal(2, s.Disk.OperationsStarted);
+        s.Disk.Gate.SetResult();
+        Assert.All(await Task.WhenAll(reads).WaitAsync(TimeSpan.FromSeconds(20)), e => Assert.Equal(0u, e));
+        Assert.Equal(5, s.Disk.OperationsStarted);
+    }
+
+    [Fact]
     public async Task ClosedExportAnswersPendingRequestsWithEshutdownAndEndsTheConnection()
     {
         // Proves that when the export's Closed token fires, a request waiting inside the export gets ESHUTDOWN and the connection ends.

@@ -42,6 +42,9 @@ public sealed class MemoryExport : INbdExport
     /// <summary>When set, every operation waits for it (or for cancellation) before running.</summary>
     public TaskCompletionSource? Gate { get; set; }
 
+    /// <summary>When set, only reads at this offset wait for <see cref="Gate"/>.</summary>
+    public long? GateOnlyReadsAt { get; set; }
+
     public int Flushes;
     public int FuaWrites;
     public int Caches;
@@ -55,15 +58,15 @@ public sealed class MemoryExport : INbdExport
 
     public void Dispose() { }
 
-    private async ValueTask WaitGateAsync(CancellationToken ct)
+    private async ValueTask WaitGateAsync(CancellationToken ct, long? readOffset = null)
     {
         Interlocked.Increment(ref OperationsStarted);
-        if (Gate is { } g) await g.Task.WaitAsync(ct);
+        if (Gate is { } g && (GateOnlyReadsAt == null || GateOnlyReadsAt == readOffset)) await g.Task.WaitAsync(ct);
     }
 
     public async ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken ct)
     {
-        await WaitGateAsync(ct);
+        await WaitGateAsync(ct, offset);
         lock (_lock)
         {
             _data.AsSpan((int)offset, buffer.Length).CopyTo(buffer.Span);
