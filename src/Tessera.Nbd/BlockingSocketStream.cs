@@ -73,6 +73,27 @@ internal sealed class BlockingSocketStream : Stream
         catch (SocketException e) { throw new IOException(e.Message, e); }
     }
 
+    private readonly List<ArraySegment<byte>> _gather = new(2);
+
+    /// <summary>Sends the pending reply headers and a large payload with one sendmsg(). One sender at a time.</summary>
+    public void WriteGather(byte[] head, int headCount, byte[] payload, int payloadOffset, int payloadCount)
+    {
+        try
+        {
+            _gather.Clear();
+            if (headCount > 0) _gather.Add(new ArraySegment<byte>(head, 0, headCount));
+            _gather.Add(new ArraySegment<byte>(payload, payloadOffset, payloadCount));
+            int sent = _socket.Send(_gather, SocketFlags.None);
+            if (sent < headCount)
+            {
+                Write(head.AsSpan(sent, headCount - sent));
+                sent = headCount;
+            }
+            if (sent < headCount + payloadCount) Write(payload.AsSpan(payloadOffset + sent - headCount, headCount + payloadCount - sent));
+        }
+        catch (SocketException e) { throw new IOException(e.Message, e); }
+    }
+
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         Write(buffer.Span);

@@ -227,6 +227,15 @@ internal sealed partial class NbdConnection
             _sendLength += count;
             return;
         }
+        if (_stream is BlockingSocketStream socket)
+        {
+            int head = _sendLength;
+            _sendLength = 0;
+            if (_broken) return;
+            try { socket.WriteGather(_send, head, buffer, offset, count); }
+            catch (Exception e) { MarkBroken(e); }
+            return;
+        }
         await FlushSendAsync().ConfigureAwait(false);
         if (_broken) return;
         try
