@@ -85,6 +85,13 @@ internal sealed partial class NbdConnection
                 try
                 {
                     export = await HandshakeAsync(linked.Token).ConfigureAwait(false);
+                    if (handshakeCts.IsCancellationRequested)
+                    {
+                        // The deadline passed just as the handshake ended; a blocking transport may already have
+                        // shut its receive side, so treat it as the timeout it nearly was.
+                        export?.Dispose();
+                        throw new OperationCanceledException(handshakeCts.Token);
+                    }
                 }
                 catch (OperationCanceledException) when (handshakeCts.IsCancellationRequested)
                 {
@@ -331,6 +338,11 @@ internal sealed partial class NbdConnection
             case NbdWire.CmdCache:
                 return _export.CacheAsync(offset, ctx.Length, ct);
             case NbdWire.CmdBlockStatus:
+                if ((_caps & NbdExportCapabilities.BlockStatus) == 0)
+                {
+                    ctx.Extents.Add(offset, ctx.Length, NbdExtentFlags.Data); // no allocation map: all data is the honest answer
+                    return ValueTask.FromResult(IoStatus.Ok);
+                }
                 return _export.GetExtentsAsync(offset, ctx.Length, ctx.Extents, ct);
             default:
                 return ValueTask.FromResult(IoStatus.InvalidArgument);

@@ -325,6 +325,24 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task BlockStatusOnExportWithoutAllocationMapReportsAllData()
+    {
+        // Proves an export without the BlockStatus capability is never asked for extents: the server reports the range as data.
+        var export = new MemoryExport("plain", 1 << 20, caps: NbdExportCapabilities.Flush);
+        await using var server = new NbdServer(new MemoryCatalog(export), new NbdServerOptions { TcpEndPoint = null });
+        var (a, b) = DuplexPipeStream.CreatePair();
+        var serving = server.ServeAsync(b);
+        await using var c = await NbdClient.ConnectAsync(a, "plain", new NbdClientOptions { BaseAllocation = true });
+        var extents = new NbdExtentList();
+        Assert.Equal(0u, await c.BlockStatusAsync(0, 3 * 65536, extents));
+        Assert.Equal(new NbdExtent(0, 3 * 65536, NbdExtentFlags.Data), extents[0]);
+        Assert.Equal(1, extents.Count);
+        Assert.Equal(0, export.OperationsStarted);
+        await c.DisconnectAsync();
+        await serving.WaitAsync(TimeSpan.FromSeconds(20));
+    }
+
+    [Fact]
     public async Task UnixSocketListenerServesClients()
     {
         // Proves the optional unix socket listener serves the same exports.
