@@ -41,6 +41,8 @@ for name, (proc, port) in servers.items(): wait_port(port, proc)
 jobs = [('4k randread QD1', 'randread', '4k', 1), ('4k randread QD32', 'randread', '4k', 32),
         ('4k randwrite QD32', 'randwrite', '4k', 32), ('1M read QD8', 'read', '1M', 8), ('1M write QD8', 'write', '1M', 8)]
 
+if os.environ.get('JOBS'): jobs = [j for j in jobs if os.environ['JOBS'] in j[0]]
+
 def cpu(pid):
     with open(f'/proc/{pid}/stat') as f: parts = f.read().rsplit(')', 1)[1].split()
     return (int(parts[11]) + int(parts[12])) / os.sysconf('SC_CLK_TCK')

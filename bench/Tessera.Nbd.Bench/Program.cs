@@ -11,6 +11,7 @@ var options = new NbdServerOptions
     TcpEndPoint = new IPEndPoint(IPAddress.Loopback, int.Parse(args[1])),
     UnixSocketPath = args.Length > 2 ? args[2] : null,
 };
+if (Environment.GetEnvironmentVariable("INLINE_MAX") is { } inlineMax) options.InlineMaxBytes = int.Parse(inlineMax);
 var export = new FileExport(file);
 await using var server = new NbdServer(new SingleCatalog(export), options);
 await server.StartAsync();

@@ -251,6 +251,8 @@ internal sealed partial class NbdConnection
             ctx.Errno = Validate(ctx);
             if (_exportClosed) ctx.Errno = NbdErrno.ESHUTDOWN;
             if (ctx.Errno != 0) EnqueueReply(ctx);
+            else if (ctx.Length >= (uint)_options.InlineMaxBytes && ctx.Command is NbdWire.CmdRead or NbdWire.CmdWrite)
+                ThreadPool.UnsafeQueueUserWorkItem(ctx, preferLocal: false);
             else Dispatch(ctx);
         }
     }
@@ -349,7 +351,7 @@ internal sealed partial class NbdConnection
         }
     }
 
-    private void Dispatch(RequestContext ctx)
+    internal void Dispatch(RequestContext ctx)
     {
         ValueTask<IoStatus> pending;
         try

@@ -8,12 +8,13 @@ public class TransmissionTests
         | NbdWire.TxSendFastZero | NbdWire.TxSendCache | NbdWire.TxCanMultiConn;
 
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public async Task WritesLandAtTheirOffsetAndReadBack(bool structured)
+    [InlineData(false, int.MaxValue)]
+    [InlineData(true, int.MaxValue)]
+    [InlineData(true, 4096)]
+    public async Task WritesLandAtTheirOffsetAndReadBack(bool structured, int inlineMaxBytes)
     {
-        // Proves self-describing data written at several offsets and sizes (incl. unaligned and > copy threshold) reads back in place, with simple and structured replies.
-        await using var s = await TestServer.StartAsync();
+        // Proves self-describing data written at several offsets and sizes (incl. unaligned and > copy threshold) reads back in place, with simple and structured replies, inline or dispatched to the pool.
+        await using var s = await TestServer.StartAsync(o => o.InlineMaxBytes = inlineMaxBytes);
         await using var c = await s.ConnectAsync(structured: structured);
         Assert.Equal(structured, c.StructuredReplies);
         (long Offset, int Length)[] cases = [(0, 4096), (12345, 777), (1 << 20, 256 * 1024), (3 << 20, 4 << 20), (TestServer.DiskBytes - 512, 512)];
