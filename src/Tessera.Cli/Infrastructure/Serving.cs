@@ -37,6 +37,13 @@ public static class Serving
     public static ILoggerFactory CreateLoggerFactory(LogLevel level) => LoggerFactory.Create(builder =>
     {
         builder.SetMinimumLevel(level);
+        if (level >= LogLevel.Information)
+        {
+            // ASP.NET Core and gRPC narrate every request at Information; at the default level only their warnings matter.
+            builder.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
+            builder.AddFilter("Microsoft.Hosting", LogLevel.Warning);
+            builder.AddFilter("Grpc", LogLevel.Warning);
+        }
         builder.AddSimpleConsole(o =>
         {
             o.SingleLine = true;
