@@ -43,6 +43,9 @@ public static class Serving
             builder.AddFilter("Microsoft.AspNetCore", LogLevel.Warning);
             builder.AddFilter("Microsoft.Hosting", LogLevel.Warning);
             builder.AddFilter("Grpc", LogLevel.Warning);
+            // A start failure (e.g. port in use) is reported once, as the CLI's one error line; the generic host
+            // would log it again with a stack trace.
+            builder.AddFilter("Microsoft.Extensions.Hosting", LogLevel.None);
         }
         builder.AddSimpleConsole(o =>
         {
