@@ -137,6 +137,15 @@ public sealed partial class DiskCoordinator
         if (fault.Segment >= (ulong)disk.SegmentCount)
             return Fail(fault, IoStatus.InvalidArgument, $"segment {fault.Segment} is beyond the disk's {disk.SegmentCount} segments");
         long segment = (long)fault.Segment;
+        if (fault.Zero)
+        {
+            if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
+            if (fault.Count == 0 || fault.Count > (ulong)(disk.SegmentCount - segment))
+                return Fail(fault, IoStatus.InvalidArgument, $"zeroing range of {fault.Count} segments from {segment} is outside the disk");
+            await ReleaseLockedAsync(disk, segment, (long)fault.Count).ConfigureAwait(false);
+            // The requester got the Zero entries through the blocking push; answer with them too, for good measure.
+            return Retry(fault, disk, segment, false);
+        }
         var entry = _store.GetEntry(disk.Id, segment);
         if (!fault.Write) return Retry(fault, disk, segment, presentation.ReadOnly);
         if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
@@ -229,6 +238,13 @@ public sealed partial class DiskCoordinator
     {
         using var _ = await LockDiskAsync(diskId).ConfigureAwait(false);
         var disk = _store.GetDisk(diskId) ?? throw new InvalidOperationException($"disk {diskId} does not exist");
+        await ReleaseLockedAsync(disk, first, count).ConfigureAwait(false);
+    }
+
+    /// <summary><see cref="ReleaseSegmentsAsync"/> for a caller that already holds the disk lock (a zeroing fault).</summary>
+    private async Task ReleaseLockedAsync(DiskRow disk, long first, long count)
+    {
+        ulong diskId = disk.Id;
         var rows = _store.GetSegments(diskId, first, count);
         if (rows.Count == 0) return;
         _store.SetEntries(diskId, rows.Select(r => (r.Segment, MapEntry.Zero)).ToList());
