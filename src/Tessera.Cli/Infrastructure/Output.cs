@@ -29,8 +29,6 @@ public static class Output
         return console;
     });
 
-    public static IAnsiConsole Console_ => Terminal.Value;
-
     public static bool WantsJson(ParseResult parseResult) => parseResult.GetValue(JsonOption);
 
     public static void Json<T>(T value) => Console.Out.WriteLine(JsonSerializer.Serialize(value, JsonOptions));
