@@ -33,7 +33,14 @@ public static class StoreCommand
             using var loggerFactory = Serving.CreateLoggerFactory(r.GetValue(logLevel));
             using var catalog = new FileStoreCatalog(pairs);
             await using var server = new NbdServer(catalog, new NbdServerOptions { TcpEndPoint = endPoint }, loggerFactory.CreateLogger<NbdServer>());
-            await server.StartAsync(shutdown.Token);
+            try
+            {
+                await server.StartAsync(shutdown.Token);
+            }
+            catch (Exception e) when (e is not OperationCanceledException)
+            {
+                throw new CliException(ExitCodes.ServeFailed, $"the store could not start on {Arguments.Format(endPoint)}: {RoleCommands.Describe(e)}");
+            }
             foreach (var (name, path) in pairs)
                 Serving.Say($"store serving {path} as nbd://{Arguments.Format(server.TcpEndPoint!)}/{name}");
             await shutdown.WaitAsync();
