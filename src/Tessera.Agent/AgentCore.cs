@@ -155,6 +155,32 @@ public sealed partial class AgentCore : IFaultSink
             Counters.FaultsCoalesced++;
         }
 
+        return await WaitForAnswerAsync(volume, segment, pending, cancellationToken);
+    }
+
+    public async ValueTask<FaultResult> ZeroFaultAsync(DiskVolume volume, long firstSegment, long count, CancellationToken cancellationToken)
+    {
+        // Zeroing faults are not coalesced: two of them rarely cover the same range, and merging different
+        // ranges would answer one with the other's result.
+        var pending = new PendingFault((volume.DiskId, firstSegment, true), new MapFault
+        {
+            FaultId = (ulong)Interlocked.Increment(ref _nextFaultId),
+            DiskId = volume.DiskId,
+            Segment = (ulong)firstSegment,
+            Write = true,
+            Zero = true,
+            Count = (ulong)count,
+        }, coalesced: false);
+        _faultsById[pending.Message.FaultId] = pending;
+        Counters.ZeroFaultsSent++;
+        IControllerLink? link;
+        lock (_linkLock) link = _link;
+        link?.Send(new AgentMessage { Fault = pending.Message });
+        return await WaitForAnswerAsync(volume, firstSegment, pending, cancellationToken);
+    }
+
+    private async Task<FaultResult> WaitForAnswerAsync(DiskVolume volume, long segment, PendingFault pending, CancellationToken cancellationToken)
+    {
         using var timeout = new CancellationTokenSource(TimeSpan.FromMilliseconds(FaultTimeoutMs), _time);
         using var linked = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken, timeout.Token, volume.Closed);
         try
@@ -176,7 +202,7 @@ public sealed partial class AgentCore : IFaultSink
     private void CompleteFault(ulong faultId, FaultResult result)
     {
         if (!_faultsById.TryRemove(faultId, out var pending)) return; // duplicate or stale response
-        _faultsBySegment.TryRemove(new KeyValuePair<(ulong, long, bool), PendingFault>(pending.Key, pending));
+        if (pending.Coalesced) _faultsBySegment.TryRemove(new KeyValuePair<(ulong, long, bool), PendingFault>(pending.Key, pending));
         pending.Completion.TrySetResult(result);
     }
 
@@ -186,8 +212,9 @@ public sealed partial class AgentCore : IFaultSink
             if (p.Key.DiskId == diskId) CompleteFault(p.Message.FaultId, FaultResult.Fail(status));
     }
 
-    private sealed class PendingFault((ulong DiskId, long Segment, bool Write) key, MapFault message)
+    private sealed class PendingFault((ulong DiskId, long Segment, bool Write) key, MapFault message, bool coalesced = true)
     {
+        public bool Coalesced { get; } = coalesced;
         public (ulong DiskId, long Segment, bool Write) Key { get; } = key;
         public MapFault Message { get; } = message;
         public TaskCompletionSource<FaultResult> Completion { get; } = new(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -406,4 +433,5 @@ public sealed class AgentCounters
 {
     public long FaultsSent;
     public long FaultsCoalesced;
+    public long ZeroFaultsSent;
 }

@@ -17,6 +17,9 @@ public readonly record struct FaultResult(bool Retry, IoStatus Status)
 public interface IFaultSink
 {
     ValueTask<FaultResult> FaultAsync(DiskVolume volume, long segment, bool write, MapEntry seen, CancellationToken cancellationToken);
+
+    /// <summary>Asks the controller to return whole segments to Zero (a table change; no byte is written).</summary>
+    ValueTask<FaultResult> ZeroFaultAsync(DiskVolume volume, long firstSegment, long count, CancellationToken cancellationToken);
 }
 
 /// <summary>
@@ -106,20 +109,98 @@ public sealed class DiskVolume
         return WriteSplitAsync(offset, data, cancellationToken);
     }
 
-    /// <summary>Makes the range read as zeros: zero segments stay untouched, mapped ranges are zeroed in place.</summary>
-    public async ValueTask<IoStatus> WriteZeroesAsync(long offset, long length, bool fastZero, CancellationToken cancellationToken)
+    /// <summary>
+    /// Makes the range read as zeros. Whole segments become a table change made by the controller (they return
+    /// to Zero and their space is freed) unless <paramref name="noHole"/> asks to keep them allocated; partial
+    /// segments are zeroed in place. With <paramref name="fastZero"/>, anything that would write fails with
+    /// <see cref="IoStatus.NotSupported"/> before any change is made.
+    /// </summary>
+    public async ValueTask<IoStatus> WriteZeroesAsync(long offset, long length, bool fastZero, bool noHole, CancellationToken cancellationToken)
     {
         if (!InRange(offset, length)) return IoStatus.InvalidArgument;
         if (ReadOnly) return IoStatus.NotPermitted;
+        var (firstWhole, wholeCount) = noHole ? (0L, 0L) : WholeSegments(offset, length);
+        long wholeStart = firstWhole << SegmentShift, wholeEnd = Math.Min(SizeBytes, (firstWhole + wholeCount) << SegmentShift);
+        if (wholeCount == 0) wholeStart = wholeEnd = offset + length;
+        if (fastZero && (!await PartIsZeroAsync(offset, wholeStart - offset, cancellationToken) || !await PartIsZeroAsync(wholeEnd, offset + length - wholeEnd, cancellationToken)))
+            return IoStatus.NotSupported;
+        var status = await ZeroInPlaceAsync(offset, wholeStart - offset, cancellationToken);
+        if (status == IoStatus.Ok && wholeCount > 0) status = await ZeroWholeSegmentsAsync(firstWhole, wholeCount, cancellationToken);
+        if (status == IoStatus.Ok) status = await ZeroInPlaceAsync(wholeEnd, offset + length - wholeEnd, cancellationToken);
+        return status;
+    }
+
+    /// <summary>TRIM: whole segments are released to Zero; partial segments keep their data (TRIM is a hint).</summary>
+    public async ValueTask<IoStatus> TrimAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        if (!InRange(offset, length)) return IoStatus.InvalidArgument;
+        if (ReadOnly) return IoStatus.NotPermitted;
+        var (firstWhole, wholeCount) = WholeSegments(offset, length);
+        return wholeCount == 0 ? IoStatus.Ok : await ZeroWholeSegmentsAsync(firstWhole, wholeCount, cancellationToken);
+    }
+
+    /// <summary>Segments fully covered by the range; the disk's last, partial segment counts as whole when covered to the end.</summary>
+    private (long First, long Count) WholeSegments(long offset, long length)
+    {
+        long first = (offset + SegmentSizeBytes - 1) >> SegmentShift;
+        long end = offset + length;
+        long endSegment = end == SizeBytes ? SegmentCountFor(end) : end >> SegmentShift;
+        return endSegment > first ? (first, endSegment - first) : (first, 0);
+    }
+
+    private async ValueTask<IoStatus> ZeroWholeSegmentsAsync(long first, long count, CancellationToken cancellationToken)
+    {
+        // Nothing to ask for when the table already says Zero for every segment (common for fresh thin disks).
+        // Entries not loaded yet are loaded first (one read fault brings a window of them).
+        bool allZero = true;
+        for (long s = first; s < first + count && allZero; s++)
+        {
+            var entry = _table.Get(s);
+            if ((entry.States & EntryStates.Invalid) != 0)
+            {
+                var loaded = await FaultAndWaitAsync(s, write: false, entry, 0, cancellationToken);
+                if (loaded != IoStatus.Ok) return loaded;
+                entry = _table.Get(s);
+            }
+            allZero = entry.States == EntryStates.Zero;
+        }
+        if (allZero) return IoStatus.Ok;
+        if (IsClosed) return IoStatus.Shutdown;
+        var result = await _faults.ZeroFaultAsync(this, first, count, cancellationToken);
+        return result.Retry ? IoStatus.Ok : result.Status;
+    }
+
+    private async ValueTask<IoStatus> ZeroInPlaceAsync(long offset, long length, CancellationToken cancellationToken)
+    {
         while (length > 0)
         {
             int n = FirstPieceLength(offset, length);
-            var status = await ZeroPieceAsync(offset, n, fastZero, cancellationToken);
+            var status = await ZeroPieceAsync(offset, n, fastZero: false, cancellationToken);
             if (status != IoStatus.Ok) return status;
             offset += n;
             length -= n;
         }
         return IoStatus.Ok;
+    }
+
+    /// <summary>True when every segment touching the range already reads as zeros because of its table state.</summary>
+    private async ValueTask<bool> PartIsZeroAsync(long offset, long length, CancellationToken cancellationToken)
+    {
+        while (length > 0)
+        {
+            int n = FirstPieceLength(offset, length);
+            long segment = offset >> SegmentShift;
+            var entry = _table.Get(segment);
+            if ((entry.States & EntryStates.Invalid) != 0)
+            {
+                if (await FaultAndWaitAsync(segment, write: false, entry, 0, cancellationToken) != IoStatus.Ok) return false;
+                entry = _table.Get(segment);
+            }
+            if (entry.ActionFor(write: false) != EntryAction.ReadZeros) return false;
+            offset += n;
+            length -= n;
+        }
+        return true;
     }
 
     /// <summary>Appends base:allocation extents for the range, loading entries that are not in the table yet.</summary>

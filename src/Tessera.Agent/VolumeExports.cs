@@ -56,14 +56,18 @@ public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : I
 
     public ValueTask<IoStatus> FlushAsync(CancellationToken cancellationToken) => containers.FlushDirtyAsync(cancellationToken);
 
-    /// <summary>TRIM is a hint; for now the data stays (whole-segment trims become table changes later).</summary>
-    public ValueTask<IoStatus> TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken) =>
-        _readOnly ? new(IoStatus.NotPermitted) : new(IoStatus.Ok);
+    public async ValueTask<IoStatus> TrimAsync(long offset, long length, bool fua, CancellationToken cancellationToken)
+    {
+        if (_readOnly) return IoStatus.NotPermitted;
+        var status = await volume.TrimAsync(offset, length, cancellationToken);
+        if (status == IoStatus.Ok && fua) status = await containers.FlushDirtyAsync(cancellationToken);
+        return status;
+    }
 
     public async ValueTask<IoStatus> WriteZeroesAsync(long offset, long length, bool fua, bool noHole, bool fastZero, CancellationToken cancellationToken)
     {
         if (_readOnly) return IoStatus.NotPermitted;
-        var status = await volume.WriteZeroesAsync(offset, length, fastZero, cancellationToken);
+        var status = await volume.WriteZeroesAsync(offset, length, fastZero, noHole, cancellationToken);
         if (status == IoStatus.Ok && fua) status = await containers.FlushDirtyAsync(cancellationToken);
         return status;
     }

@@ -1,4 +1,13 @@
+using System.Net;
+using Microsoft.AspNetCore.Builder;
+using Microsoft.AspNetCore.Hosting;
+using Microsoft.AspNetCore.Hosting.Server;
+using Microsoft.AspNetCore.Hosting.Server.Features;
+using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
+using Tessera.Controller.Admin;
+using Tessera.Controller.Agents;
 
 namespace Tessera.Controller;
 
@@ -16,18 +25,112 @@ public sealed record ControllerOptions
     public int HeartbeatIntervalMs { get; init; } = 1_000;
 
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
+
+    /// <summary>Throws with a clear message when an option makes no sense.</summary>
+    public void Validate()
+    {
+        if (string.IsNullOrWhiteSpace(DataDirectory)) throw new ArgumentException("DataDirectory is required");
+        if (LeaseMs < 100 || LeaseMs > 3_600_000) throw new ArgumentException($"LeaseMs must be 100..3600000, not {LeaseMs}");
+        if (HeartbeatIntervalMs < 10 || HeartbeatIntervalMs >= LeaseMs)
+            throw new ArgumentException($"HeartbeatIntervalMs must be at least 10 and below LeaseMs ({LeaseMs}), not {HeartbeatIntervalMs}");
+        ControllerHost.ParseListenAddress(ListenAddress);
+    }
 }
 
 /// <summary>A running controller: store, agent channel and admin API on one listener.</summary>
 public sealed partial class ControllerHost : IAsyncDisposable
 {
+    /// <summary>Largest message accepted from agents and the CLI.</summary>
+    public const int MaxReceiveMessageBytes = 4 << 20;
+
+    /// <summary>Largest message sent (a disk map of a badly fragmented disk is the biggest).</summary>
+    public const int MaxSendMessageBytes = 64 << 20;
+
+    public const int MaxConnections = 2048;
+
+    private readonly WebApplication _app;
+    private readonly ControllerCore _core;
+    private int _stopped;
+
+    private ControllerHost(WebApplication app, ControllerCore core)
+    {
+        _app = app;
+        _core = core;
+    }
+
     /// <summary>The URL clients use, e.g. http://127.0.0.1:7400 (with the real port when 0 was asked for).</summary>
     public string Url { get; private set; } = "";
 
-    public static Task<ControllerHost> StartAsync(ControllerOptions options, ILoggerFactory loggerFactory, CancellationToken cancellationToken = default) =>
-        throw new NotImplementedException();
+    internal ControllerCore Core => _core;
 
-    public Task StopAsync() => throw new NotImplementedException();
+    public static async Task<ControllerHost> StartAsync(ControllerOptions options, ILoggerFactory loggerFactory, CancellationToken cancellationToken = default)
+    {
+        options.Validate();
+        var (address, port) = ParseListenAddress(options.ListenAddress);
+        var core = new ControllerCore(options, loggerFactory);
+        try
+        {
+            var builder = WebApplication.CreateSlimBuilder();
+            builder.Logging.ClearProviders();
+            builder.Services.AddSingleton(loggerFactory);
+            builder.Services.AddSingleton(core);
+            builder.WebHost.ConfigureKestrel(k =>
+            {
+                k.Limits.MaxConcurrentConnections = MaxConnections;
+                k.Listen(address, port, listen => listen.Protocols = HttpProtocols.Http2);
+            });
+            builder.Services.AddGrpc(g =>
+            {
+                g.MaxReceiveMessageSize = MaxReceiveMessageBytes;
+                g.MaxSendMessageSize = MaxSendMessageBytes;
+                g.EnableDetailedErrors = false;
+            });
+            var app = builder.Build();
+            app.MapGrpcService<AgentChannelService>();
+            app.MapGrpcService<AdminService>();
+            await app.StartAsync(cancellationToken).ConfigureAwait(false);
+
+            var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();
+            var uri = new Uri(bound);
+            string host = IPAddress.TryParse(uri.Host.Trim('[', ']'), out var ip) && (ip.Equals(IPAddress.Any) || ip.Equals(IPAddress.IPv6Any))
+                ? "127.0.0.1"
+                : uri.Host;
+            return new ControllerHost(app, core) { Url = $"http://{host}:{uri.Port}" };
+        }
+        catch
+        {
+            core.Dispose();
+            throw;
+        }
+    }
+
+    internal static (IPAddress Address, int Port) ParseListenAddress(string listen)
+    {
+        int colon = listen.LastIndexOf(':');
+        if (colon <= 0 || !int.TryParse(listen.AsSpan(colon + 1), out int port) || port is < 0 or > 65535)
+            throw new ArgumentException($"listen address '{listen}' must be host:port");
+        string host = listen[..colon].Trim('[', ']');
+        if (host == "localhost") return (IPAddress.Loopback, port);
+        if (host == "*") return (IPAddress.Any, port);
+        if (!IPAddress.TryParse(host, out var address)) throw new ArgumentException($"listen address '{listen}': '{host}' is not an IP address");
+        return (address, port);
+    }
+
+    public async Task StopAsync()
+    {
+        if (Interlocked.Exchange(ref _stopped, 1) != 0) return;
+        _core.Stop(); // closes agent streams so Kestrel does not wait for them
+        using var deadline = new CancellationTokenSource(TimeSpan.FromSeconds(5));
+        try
+        {
+            await _app.StopAsync(deadline.Token).ConfigureAwait(false);
+        }
+        finally
+        {
+            await _app.DisposeAsync().ConfigureAwait(false);
+            _core.Dispose();
+        }
+    }
 
     public ValueTask DisposeAsync() => new(StopAsync());
 }

@@ -204,19 +204,58 @@ public class AgentCoreTests
         Assert.False(reply.Ok);
     }
 
-    // Proves WRITE_ZEROES leaves never-written segments unallocated and zeroes mapped ones in place; FAST_ZERO refuses to write.
+    // Proves WRITE_ZEROES leaves never-written segments unallocated and zeroes partial mapped ones in place; FAST_ZERO refuses to write.
     [Fact]
     public async Task Write_zeroes_respects_the_table()
     {
         var c = new FakeController(segmentSizeBytes: 64 << 10);
-        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(0, 128 << 10, fastZero: true, default));
+        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(0, 128 << 10, fastZero: true, noHole: false, default));
         Assert.Empty(c.Store);
         await c.Volume.WriteAsync(0, Pattern.For(0, 4096, 3), default);
-        Assert.Equal(IoStatus.NotSupported, await c.Volume.WriteZeroesAsync(0, 4096, fastZero: true, default));
-        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(0, 4096, fastZero: false, default));
+        Assert.Equal(IoStatus.NotSupported, await c.Volume.WriteZeroesAsync(0, 4096, fastZero: true, noHole: false, default));
+        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(0, 4096, fastZero: false, noHole: false, default));
         var back = new byte[4096];
         await c.Volume.ReadAsync(0, back, null, default);
         Assert.All(back, b => Assert.Equal(0, b));
+        Assert.Single(c.Store); // partial: zeroed in place, still allocated
+        Assert.Empty(c.ZeroFaults);
+    }
+
+    // Proves whole segments covered by WRITE_ZEROES or TRIM become a controller table change (back to Zero, space freed) with no container write.
+    [Fact]
+    public async Task Whole_segment_zeroing_is_a_table_change()
+    {
+        int seg = 64 << 10;
+        var c = new FakeController(segmentSizeBytes: seg);
+        await c.Volume.WriteAsync(0, Pattern.For(0, 4 * seg, 5), default);
+        Assert.Equal(4, c.Store.Count);
+        long writes = c.Container.Writes;
+
+        // Zero [seg/2, 3*seg): segment 0 partly (in place), segments 1 and 2 whole (table change).
+        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(seg / 2, 3 * seg - seg / 2, fastZero: false, noHole: false, default));
+        Assert.Single(c.ZeroFaults);
+        Assert.Equal(EntryStates.Zero, c.Volume.Table.Get(1).States);
+        Assert.Equal(EntryStates.Zero, c.Volume.Table.Get(2).States);
+        Assert.Equal(new long[] { 0, 3 }, c.Store.Keys.Order().ToArray());
+        Assert.Equal(writes, c.Container.Writes); // the partial piece is zeroed in place (ZeroAsync), whole segments not at all
+
+        var back = new byte[4 * seg];
+        await c.Volume.ReadAsync(0, back, null, default);
+        Assert.Equal(Pattern.For(0, seg / 2, 5), back.AsSpan(0, seg / 2).ToArray());
+        Assert.All(back.AsSpan(seg / 2, 3 * seg - seg / 2).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(Pattern.For(3 * seg, seg, 5), back.AsSpan(3 * seg).ToArray());
+
+        // TRIM of segment 3 plus a partial piece of segment 0: only the whole segment is released.
+        Assert.Equal(IoStatus.Ok, await c.Volume.TrimAsync(100, 100, default));
+        Assert.Equal(IoStatus.Ok, await c.Volume.TrimAsync(3 * seg, seg, default));
+        Assert.Equal(new long[] { 0 }, c.Store.Keys.ToArray());
+        // NO_HOLE keeps whole segments allocated: zeroed in place instead.
+        await c.Volume.WriteAsync(seg, Pattern.For(seg, seg, 6), default);
+        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(seg, seg, fastZero: false, noHole: true, default));
+        Assert.True(c.Store.ContainsKey(1));
+        // FAST_ZERO of whole segments is a table change, so it is allowed.
+        Assert.Equal(IoStatus.Ok, await c.Volume.WriteZeroesAsync(seg, seg, fastZero: true, noHole: false, default));
+        Assert.False(c.Store.ContainsKey(1));
     }
 
     private static async Task WaitUntil(Func<bool> condition)

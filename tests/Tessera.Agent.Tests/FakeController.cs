@@ -19,6 +19,7 @@ internal sealed class FakeController : IControllerLink
     public readonly MemoryContainer Container = new("mem://c1", 64 << 20);
     public readonly ConcurrentDictionary<long, MapEntry> Store = new();
     public readonly ConcurrentQueue<MapFault> Faults = new();
+    public readonly ConcurrentQueue<MapFault> ZeroFaults = new();
     public readonly FakeTimeProvider Time = new();
     private readonly ConcurrentDictionary<ulong, TaskCompletionSource<CommandReply>> _pending = new();
     private long _nextPhysical;
@@ -67,6 +68,15 @@ internal sealed class FakeController : IControllerLink
     public void Answer(MapFault fault)
     {
         long segment = (long)fault.Segment;
+        if (fault.Zero)
+        {
+            // Like the controller: persist Zero, push it to the agent with the blocking flag, then answer.
+            for (long i = 0; i < (long)fault.Count; i++) Store.TryRemove(segment + i, out _);
+            ZeroFaults.Enqueue(fault);
+            var push = Command(new Command { DiskId = fault.DiskId, Blocking = true, SetEntries = new SetEntries { FirstSegment = fault.Segment, Count = fault.Count, Entries = { MapEntry.Zero.Raw } } });
+            push.ContinueWith(_ => Deliver(new FaultResponse { FaultId = fault.FaultId, Outcome = FaultOutcome.Retry }));
+            return;
+        }
         var entry = Store.GetValueOrDefault(segment, MapEntry.Zero);
         var response = new FaultResponse { FaultId = fault.FaultId, Outcome = FaultOutcome.Retry, FirstSegment = fault.Segment };
         if (fault.Write && entry.States == EntryStates.Zero)

@@ -1,0 +1,174 @@
+using System.Numerics;
+using Tessera.Core.Mapping;
+
+namespace Tessera.Controller.Allocation;
+
+/// <summary>
+/// Free space of one container as a bitmap of 64 KiB units (<see cref="MapEntry.PhysicalUnitBytes"/>); a set bit is
+/// a used unit. 1 TiB is 16 Mi bits = 2 MiB of memory. A segment of n units takes n contiguous units aligned to n
+/// (n is a power of two), so segments of different disks never straddle each other and a freed segment leaves a
+/// hole that the next segment of the same size fits exactly.
+///
+/// Not thread-safe: <see cref="SpacePool"/> serialises access. Not persisted: rebuilt from the segment map at start.
+/// </summary>
+public sealed class ContainerSpace
+{
+    private readonly ulong[] _bits;
+    private long _cursor; // next-fit hint in units, so filling a container is not quadratic
+
+    public ContainerSpace(long totalUnits)
+    {
+        if (totalUnits < 0) throw new ArgumentOutOfRangeException(nameof(totalUnits));
+        TotalUnits = totalUnits;
+        _bits = new ulong[(totalUnits + 63) / 64];
+    }
+
+    public long TotalUnits { get; }
+
+    public long UsedUnits { get; private set; }
+
+    public long FreeUnits => TotalUnits - UsedUnits;
+
+    public bool IsUsed(long unit) => (_bits[unit >> 6] & (1UL << (int)(unit & 63))) != 0;
+
+    /// <summary>Finds and takes <paramref name="units"/> free units aligned to <paramref name="units"/>; -1 when none fits.</summary>
+    public long Allocate(int units)
+    {
+        if (units <= 0 || !BitOperations.IsPow2(units)) throw new ArgumentOutOfRangeException(nameof(units));
+        if (units > FreeUnits) return -1;
+        long slots = TotalUnits / units;
+        if (slots == 0) return -1;
+        long start = (_cursor / units) % slots;
+        for (long i = 0; i < slots; i++)
+        {
+            long slot = start + i;
+            if (slot >= slots) slot -= slots;
+            long first = slot * units;
+            if (RangeFree(first, units))
+            {
+                SetRange(first, units, true);
+                UsedUnits += units;
+                _cursor = first + units;
+                return first;
+            }
+        }
+        return -1;
+    }
+
+    /// <summary>Marks a range used (rebuilding from the store). Throws when any unit is already used: a double mapping is a bug.</summary>
+    public void MarkUsed(long first, int units)
+    {
+        CheckRange(first, units);
+        if (!RangeFree(first, units)) throw new InvalidOperationException($"units {first}..{first + units - 1} are mapped twice");
+        SetRange(first, units, true);
+        UsedUnits += units;
+    }
+
+    public void Free(long first, int units)
+    {
+        CheckRange(first, units);
+        for (long u = first; u < first + units; u++)
+            if (!IsUsed(u)) throw new InvalidOperationException($"unit {u} freed twice");
+        SetRange(first, units, false);
+        UsedUnits -= units;
+    }
+
+    private void CheckRange(long first, int units)
+    {
+        if (first < 0 || units <= 0 || first + units > TotalUnits) throw new ArgumentOutOfRangeException(nameof(first), $"{first}+{units} outside 0..{TotalUnits}");
+    }
+
+    private bool RangeFree(long first, int units)
+    {
+        long u = first, end = first + units;
+        while (u < end)
+        {
+            int bit = (int)(u & 63);
+            int n = (int)Math.Min(64 - bit, end - u);
+            ulong mask = (n == 64 ? ulong.MaxValue : ((1UL << n) - 1)) << bit;
+            if ((_bits[u >> 6] & mask) != 0) return false;
+            u += n;
+        }
+        return true;
+    }
+
+    private void SetRange(long first, int units, bool used)
+    {
+        long u = first, end = first + units;
+        while (u < end)
+        {
+            int bit = (int)(u & 63);
+            int n = (int)Math.Min(64 - bit, end - u);
+            ulong mask = (n == 64 ? ulong.MaxValue : ((1UL << n) - 1)) << bit;
+            if (used) _bits[u >> 6] |= mask;
+            else _bits[u >> 6] &= ~mask;
+            u += n;
+        }
+    }
+}
+
+/// <summary>
+/// The pool: every healthy container's free space. New segments go to the container with the most free units
+/// that can fit them, which spreads a fresh pool's load evenly and fills the emptiest container first later.
+/// </summary>
+public sealed class SpacePool
+{
+    private readonly Dictionary<ushort, ContainerSpace> _spaces = new();
+    private readonly HashSet<ushort> _failed = new();
+    private readonly object _lock = new();
+
+    public void AddContainer(ushort id, long totalUnits, bool failed = false)
+    {
+        lock (_lock)
+        {
+            _spaces.Add(id, new ContainerSpace(totalUnits));
+            if (failed) _failed.Add(id);
+        }
+    }
+
+    /// <summary>Marks a location used while rebuilding from the store.</summary>
+    public void MarkUsed(ushort containerId, long firstUnit, int units)
+    {
+        lock (_lock)
+        {
+            if (!_spaces.TryGetValue(containerId, out var space)) throw new InvalidOperationException($"segment map names unknown container {containerId}");
+            space.MarkUsed(firstUnit, units);
+        }
+    }
+
+    /// <summary>Takes <paramref name="units"/> aligned units from the emptiest container that fits them; false when none does (ENOSPC).</summary>
+    public bool TryAllocate(int units, out ushort containerId, out long firstUnit)
+    {
+        lock (_lock)
+        {
+            var candidates = new List<(long Free, ushort Id)>();
+            foreach (var (id, space) in _spaces)
+                if (!_failed.Contains(id) && space.FreeUnits >= units) candidates.Add((space.FreeUnits, id));
+            candidates.Sort((a, b) => a.Free != b.Free ? b.Free.CompareTo(a.Free) : a.Id.CompareTo(b.Id));
+            foreach (var (_, id) in candidates)
+            {
+                long first = _spaces[id].Allocate(units);
+                if (first >= 0)
+                {
+                    containerId = id;
+                    firstUnit = first;
+                    return true;
+                }
+            }
+            containerId = 0;
+            firstUnit = -1;
+            return false;
+        }
+    }
+
+    public void Free(ushort containerId, long firstUnit, int units)
+    {
+        lock (_lock) _spaces[containerId].Free(firstUnit, units);
+    }
+
+    public (long TotalUnits, long UsedUnits) Usage(ushort containerId)
+    {
+        lock (_lock)
+            return _spaces.TryGetValue(containerId, out var s) ? (s.TotalUnits, s.UsedUnits) : (0, 0);
+    }
+}

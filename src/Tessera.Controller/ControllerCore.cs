@@ -1,0 +1,71 @@
+using Microsoft.Extensions.Logging;
+using Tessera.Controller.Agents;
+using Tessera.Controller.Allocation;
+using Tessera.Controller.Mapping;
+using Tessera.Controller.Store;
+using Tessera.Core.Mapping;
+
+namespace Tessera.Controller;
+
+/// <summary>The controller's state shared by the agent channel and the admin API: store, space, sessions, coordinator.</summary>
+public sealed class ControllerCore : IDisposable
+{
+    private readonly CancellationTokenSource _stopping = new();
+
+    public ControllerCore(ControllerOptions options, ILoggerFactory loggerFactory)
+    {
+        Options = options;
+        Time = options.TimeProvider;
+        StartedAt = Time.GetUtcNow();
+        Store = ControllerStore.Open(options.DataDirectory);
+        try
+        {
+            Pool = RebuildPool(Store);
+        }
+        catch
+        {
+            Store.Dispose();
+            throw;
+        }
+        Sessions = new SessionRegistry();
+        Coordinator = new DiskCoordinator(Store, Pool, Sessions, loggerFactory.CreateLogger<DiskCoordinator>(), _stopping.Token);
+    }
+
+    public ControllerOptions Options { get; }
+    public TimeProvider Time { get; }
+    public DateTimeOffset StartedAt { get; }
+    public ControllerStore Store { get; }
+    public SpacePool Pool { get; }
+    public SessionRegistry Sessions { get; }
+    public DiskCoordinator Coordinator { get; }
+    public CancellationToken Stopping => _stopping.Token;
+
+    /// <summary>Orders container additions against the container list sent in Registered.</summary>
+    public object ContainerLock { get; } = new();
+
+    /// <summary>Free space is not persisted: it is whatever the segment map does not use.</summary>
+    private static SpacePool RebuildPool(ControllerStore store)
+    {
+        var pool = new SpacePool();
+        foreach (var c in store.ListContainers())
+            pool.AddContainer(c.Id, c.SizeBytes / MapEntry.PhysicalUnitBytes, c.Failed);
+        var segmentSizes = store.ListDisks().ToDictionary(d => d.Id, d => d.UnitsPerSegment);
+        foreach (var row in store.AllSegments())
+            if (row.Entry.ContainerId != 0)
+                pool.MarkUsed(row.Entry.ContainerId, row.Entry.PhysicalIndex, segmentSizes[row.DiskId]);
+        return pool;
+    }
+
+    public void Stop()
+    {
+        _stopping.Cancel();
+        Sessions.CloseAll("controller stopping");
+    }
+
+    public void Dispose()
+    {
+        Stop();
+        Store.Dispose();
+        _stopping.Dispose();
+    }
+}

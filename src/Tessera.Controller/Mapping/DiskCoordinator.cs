@@ -1,0 +1,348 @@
+// Why the controller may act without an agent's acknowledgement: leases.
+//
+// The controller changes a disk's map in the store first and then in every agent that holds a table for the
+// disk. The safety rule is that no agent's copy may be less restrictive than the store once the change is
+// acknowledged to anyone: after host A's first write to a thin segment is acknowledged, host B must not read
+// zeros from its stale Zero entry. So an allocation fault is answered only when every other holder replied to the
+// SetEntries push.
+//
+// An agent may crash, hang or be partitioned, and waiting for it forever would stop every other host. The patent
+// ([0027]) resolves this with a known state: an agent that loses its controller for long enough stops I/O on its
+// own. Tessera makes "long enough" a lease: the agent stops I/O when lease_ms has passed since it SENT the last
+// heartbeat that the controller acknowledged. The controller only knows when it RECEIVED that heartbeat, which is
+// later, so "last acknowledged heartbeat received + lease_ms" is an upper bound on the moment the agent stopped.
+// Once a session is closed the controller acknowledges nothing more, the bound stops moving, and after it passes
+// the agent is fenced: it holds no usable table any more (it must fault, and re-register, before more I/O).
+//
+// Hence the rule used everywhere below: send the command, then wait for the reply, but at most one lease from the
+// send and never past the session's lease bound. No reply (or a refusal) closes the session, then we wait for
+// the bound, then proceed as though the agent had acknowledged. Closed sessions whose bound has not passed yet are
+// still holders (SessionRegistry keeps them) and are waited for in the same way. A replaced session (same host
+// re-registered) is such a closed session too. The argument assumes clocks whose rates agree to well within a
+// lease, not synchronised clocks: only durations measured on one machine are compared.
+//
+// Ordering: every change to one disk's map, and every fault on it, runs under that disk's lock, and fault
+// responses and commands are enqueued on each agent's single ordered send queue while the lock is held. An agent
+// therefore sees a disk's changes in the order the store made them.
+
+using System.Collections.Concurrent;
+using Microsoft.Extensions.Logging;
+using Tessera.Controller.Agents;
+using Tessera.Controller.Allocation;
+using Tessera.Controller.Store;
+using Tessera.Core;
+using Tessera.Core.Containers;
+using Tessera.Core.Mapping;
+using Tessera.Core.Protocol;
+
+namespace Tessera.Controller.Mapping;
+
+/// <summary>
+/// The ordered slow path of each disk: map faults, thin allocation, presenting and unpresenting, releasing
+/// segments. Holds one lock per disk; different disks proceed in parallel.
+/// </summary>
+public sealed partial class DiskCoordinator
+{
+    /// <summary>Fault responses carry the entries of this many aligned segments around the fault.</summary>
+    public const int ResponseWindowSegments = 256;
+
+    /// <summary>Faults an agent may have outstanding before more are refused (it coalesces per segment, so this is generous).</summary>
+    public const int MaxOutstandingFaultsPerSession = 4096;
+
+    private readonly ControllerStore _store;
+    private readonly SpacePool _pool;
+    private readonly SessionRegistry _sessions;
+    private readonly ILogger _log;
+    private readonly CancellationToken _stopping;
+    private readonly ConcurrentDictionary<ulong, SemaphoreSlim> _diskLocks = new();
+    private readonly ConcurrentDictionary<AgentSession, int> _outstanding = new();
+
+    public DiskCoordinator(ControllerStore store, SpacePool pool, SessionRegistry sessions, ILogger logger, CancellationToken stopping)
+    {
+        _store = store;
+        _pool = pool;
+        _sessions = sessions;
+        _log = logger;
+        _stopping = stopping;
+    }
+
+    /// <summary>Takes a disk's lock. Waiters are queued in call order, so faults are handled in arrival order.</summary>
+    public async Task<IDisposable> LockDiskAsync(ulong diskId)
+    {
+        var gate = _diskLocks.GetOrAdd(diskId, _ => new SemaphoreSlim(1, 1));
+        await gate.WaitAsync(_stopping).ConfigureAwait(false);
+        return new Releaser(gate);
+    }
+
+    private sealed class Releaser(SemaphoreSlim gate) : IDisposable
+    {
+        private int _done;
+        public void Dispose()
+        {
+            if (Interlocked.Exchange(ref _done, 1) == 0) gate.Release();
+        }
+    }
+
+    // ------------------------------------------------------------------ faults
+
+    /// <summary>
+    /// Called by the session's reader for each MapFault. Runs synchronously up to the disk-lock wait, so the
+    /// faults of one disk queue in arrival order, and never blocks the reader (replies arrive on the same stream).
+    /// </summary>
+    public void OnFault(AgentSession session, MapFault fault)
+    {
+        int n = _outstanding.AddOrUpdate(session, 1, (_, v) => v + 1);
+        if (n > MaxOutstandingFaultsPerSession)
+        {
+            Done(session);
+            Respond(session, Fail(fault, IoStatus.InvalidArgument, "too many outstanding faults"));
+            return;
+        }
+        _ = HandleFaultAsync(session, fault);
+    }
+
+    private void Done(AgentSession session)
+    {
+        if (_outstanding.AddOrUpdate(session, 0, (_, v) => v - 1) <= 0) _outstanding.TryRemove(session, out _);
+    }
+
+    private async Task HandleFaultAsync(AgentSession session, MapFault fault)
+    {
+        try
+        {
+            using var _ = await LockDiskAsync(fault.DiskId).ConfigureAwait(false);
+            var response = await DecideAsync(session, fault).ConfigureAwait(false);
+            Respond(session, response); // still under the disk lock: ordered before any later change of this disk
+        }
+        catch (OperationCanceledException) when (_stopping.IsCancellationRequested)
+        {
+        }
+        catch (Exception e)
+        {
+            LogFaultFailed(_log, e, session.Host, fault.DiskId, fault.Segment);
+            Respond(session, Fail(fault, IoStatus.IoError, "controller error: " + e.Message));
+        }
+        finally
+        {
+            Done(session);
+        }
+    }
+
+    private async Task<FaultResponse> DecideAsync(AgentSession session, MapFault fault)
+    {
+        var disk = _store.GetDisk(fault.DiskId);
+        var presentation = disk is null ? null : _store.ListPresentations(disk.Id, session.Host).FirstOrDefault();
+        if (disk is null || presentation is null || session.IsClosed)
+            return Fail(fault, IoStatus.Shutdown, "disk is not presented to this host");
+        if (fault.Segment >= (ulong)disk.SegmentCount)
+            return Fail(fault, IoStatus.InvalidArgument, $"segment {fault.Segment} is beyond the disk's {disk.SegmentCount} segments");
+        long segment = (long)fault.Segment;
+        if (fault.Zero)
+        {
+            if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
+            if (fault.Count == 0 || fault.Count > (ulong)(disk.SegmentCount - segment))
+                return Fail(fault, IoStatus.InvalidArgument, $"zeroing range of {fault.Count} segments from {segment} is outside the disk");
+            await ReleaseLockedAsync(disk, segment, (long)fault.Count).ConfigureAwait(false);
+            // The requester got the Zero entries through the blocking push; answer with them too, for good measure.
+            return Retry(fault, disk, segment, false);
+        }
+        var entry = _store.GetEntry(disk.Id, segment);
+        if (!fault.Write) return Retry(fault, disk, segment, presentation.ReadOnly);
+        if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
+
+        var states = entry.States;
+        if (states == EntryStates.None || (states & EntryStates.Error) != 0)
+            return Retry(fault, disk, segment, false); // stale agent entry, or Error: the agent fails the write with EIO
+        if ((states & EntryStates.Zero) != 0)
+            return await AllocateAsync(session, fault, disk, segment).ConfigureAwait(false);
+        if ((states & EntryStates.NoWrite) != 0)
+            return await WriteToSharedAsync(session, fault, disk, segment, entry).ConfigureAwait(false);
+        throw new InvalidOperationException($"stored entry {entry} of disk {disk.Name} segment {segment} has an impossible state");
+    }
+
+    /// <summary>
+    /// Thin allocation: take space, make it read as zeros, persist, push to every other holder and wait, then
+    /// answer. The order is the safety rule: no host may read zeros after a write elsewhere was acknowledged.
+    /// </summary>
+    private async Task<FaultResponse> AllocateAsync(AgentSession session, MapFault fault, DiskRow disk, long segment)
+    {
+        int units = disk.UnitsPerSegment;
+        if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit))
+            return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
+
+        var entry = MapEntry.Mapped(containerId, firstUnit);
+        var container = _store.ListContainers().First(c => c.Id == containerId);
+        var status = IoStatus.IoError;
+        try
+        {
+            // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably.
+            var storage = ContainerRegistry.Shared.Open(container.Uri);
+            status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
+            if (status == IoStatus.Ok) status = await storage.FlushAsync(_stopping).ConfigureAwait(false);
+            if (status == IoStatus.Ok) _store.SetEntries(disk.Id, [(segment, entry)]);
+        }
+        finally
+        {
+            if (status != IoStatus.Ok) _pool.Free(containerId, firstUnit, units);
+        }
+        if (status != IoStatus.Ok) return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
+
+        LogAllocated(_log, disk.Name, segment, entry.ToString());
+        await PushAsync(disk.Id, segment, 1, entry, blocking: false, except: session).ConfigureAwait(false);
+        return Retry(fault, disk, segment, false);
+    }
+
+    /// <summary>
+    /// Seam for copy-on-write: a write to a NoWrite (shared, snapshotted) segment will copy it to new space,
+    /// remap this disk and answer retry. Until snapshots exist nothing sets NoWrite, so this is an error.
+    /// </summary>
+    private Task<FaultResponse> WriteToSharedAsync(AgentSession session, MapFault fault, DiskRow disk, long segment, MapEntry entry) =>
+        Task.FromResult(Fail(fault, IoStatus.IoError, $"segment {segment} of {disk.Name} is write-protected ({entry}); copy-on-write is not implemented yet"));
+
+    // ------------------------------------------------------------------ table changes
+
+    /// <summary>
+    /// Pushes entries [first, first+count) (one entry fills the range) to every holder of the disk but
+    /// <paramref name="except"/>, and waits for each to acknowledge or be fenced. Caller holds the disk lock and
+    /// has persisted the change.
+    /// </summary>
+    public async Task PushAsync(ulong diskId, long first, long count, MapEntry entry, bool blocking, AgentSession? except)
+    {
+        var holders = _sessions.Holding(diskId);
+        var waits = new List<Task<AckOutcome>>(holders.Count);
+        var names = new List<string>(holders.Count);
+        foreach (var holder in holders)
+        {
+            if (ReferenceEquals(holder, except)) continue;
+            var command = new Command
+            {
+                Blocking = blocking,
+                DiskId = diskId,
+                SetEntries = new SetEntries { FirstSegment = (ulong)first, Count = (ulong)count },
+            };
+            command.SetEntries.Entries.Add(holder.IsReadOnly(diskId) ? ReadOnlyView(entry).Raw : entry.Raw);
+            waits.Add(holder.SendAndWaitAsync(command, _stopping));
+            names.Add(holder.Host);
+        }
+        var outcomes = await Task.WhenAll(waits).ConfigureAwait(false);
+        for (int i = 0; i < outcomes.Length; i++)
+            if (outcomes[i] == AckOutcome.Fenced) LogFenced(_log, names[i], diskId);
+    }
+
+    /// <summary>
+    /// Seam for WRITE_ZEROES/TRIM of whole segments: returns them to Zero and frees their space. Persist first,
+    /// then push Zero with the blocking flag to every holder (their in-flight I/O to the old place drains), and
+    /// only then free the units, so no unit is handed out again while any agent may still use it.
+    /// </summary>
+    public async Task ReleaseSegmentsAsync(ulong diskId, long first, long count)
+    {
+        using var _ = await LockDiskAsync(diskId).ConfigureAwait(false);
+        var disk = _store.GetDisk(diskId) ?? throw new InvalidOperationException($"disk {diskId} does not exist");
+        await ReleaseLockedAsync(disk, first, count).ConfigureAwait(false);
+    }
+
+    /// <summary><see cref="ReleaseSegmentsAsync"/> for a caller that already holds the disk lock (a zeroing fault).</summary>
+    private async Task ReleaseLockedAsync(DiskRow disk, long first, long count)
+    {
+        ulong diskId = disk.Id;
+        var rows = _store.GetSegments(diskId, first, count);
+        if (rows.Count == 0) return;
+        _store.SetEntries(diskId, rows.Select(r => (r.Segment, MapEntry.Zero)).ToList());
+        await PushAsync(diskId, first, count, MapEntry.Zero, blocking: true, except: null).ConfigureAwait(false);
+        foreach (var row in rows)
+            if (row.Entry.ContainerId != 0) _pool.Free(row.Entry.ContainerId, row.Entry.PhysicalIndex, disk.UnitsPerSegment);
+    }
+
+    /// <summary>
+    /// Queues CreateTable for a disk on a session, then records that the session holds the table. In that order:
+    /// a push that sees the table is queued after the CreateTable; a push that does not see it is harmless, because
+    /// the new table is all Invalid and every fault on it reads the store, which the push's change already reached.
+    /// Takes no disk lock, so a registration never waits behind a slow change of some disk.
+    /// </summary>
+    public Task<CommandReply> SendCreateTable(AgentSession session, DiskRow disk, bool readOnly)
+    {
+        var reply = session.SendCommand(new Command
+        {
+            DiskId = disk.Id,
+            CreateTable = new CreateTable { Name = disk.Name, SizeBytes = (ulong)disk.SizeBytes, SegmentSizeBytes = (uint)disk.SegmentSizeBytes, ReadOnly = readOnly },
+        });
+        session.AddTable(disk.Id, readOnly);
+        return reply;
+    }
+
+    /// <summary>Creates the disk's table on a connected host after the presentation was persisted, and waits for the reply (or lease lapse).</summary>
+    public async Task PresentAsync(AgentSession session, DiskRow disk)
+    {
+        Task<AckOutcome> wait;
+        using (await LockDiskAsync(disk.Id).ConfigureAwait(false))
+        {
+            // Re-check under the lock: an unpresent may have raced with this.
+            var presentation = _store.ListPresentations(disk.Id, session.Host).FirstOrDefault();
+            if (presentation is null || session.IsClosed) return;
+            long sentAt = session.Timestamp;
+            wait = session.WaitForReplyAsync(SendCreateTable(session, disk, presentation.ReadOnly), sentAt, _stopping);
+        }
+        if (await wait.ConfigureAwait(false) == AckOutcome.Fenced) LogFenced(_log, session.Host, disk.Id);
+    }
+
+    /// <summary>
+    /// Removes a presentation: persist, then DeleteTable with the blocking flag on every session of that host
+    /// holding the table, and wait (reply or lease lapse): when this returns the host does no more I/O to the disk.
+    /// </summary>
+    public async Task<bool> UnpresentAsync(DiskRow disk, string host)
+    {
+        using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
+        if (!_store.RemovePresentation(disk.Id, host)) return false;
+        var waits = new List<Task<AckOutcome>>();
+        foreach (var holder in _sessions.Holding(disk.Id, host))
+        {
+            waits.Add(holder.SendAndWaitAsync(new Command { Blocking = true, DiskId = disk.Id, DeleteTable = new DeleteTable() }, _stopping));
+            holder.RemoveTable(disk.Id);
+        }
+        await Task.WhenAll(waits).ConfigureAwait(false);
+        return true;
+    }
+
+    /// <summary>Deletes an unpresented disk and frees its space. False when it is still presented.</summary>
+    public async Task<bool> DeleteDiskAsync(DiskRow disk)
+    {
+        using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
+        if (_store.ListPresentations(disk.Id).Count > 0) return false;
+        foreach (var row in _store.DeleteDisk(disk.Id))
+            if (row.Entry.ContainerId != 0) _pool.Free(row.Entry.ContainerId, row.Entry.PhysicalIndex, disk.UnitsPerSegment);
+        return true;
+    }
+
+    // ------------------------------------------------------------------ responses
+
+    private FaultResponse Retry(MapFault fault, DiskRow disk, long segment, bool readOnly)
+    {
+        long first = segment & ~(long)(ResponseWindowSegments - 1);
+        long count = Math.Min(ResponseWindowSegments, disk.SegmentCount - first);
+        var entries = new ulong[count];
+        Array.Fill(entries, MapEntry.Zero.Raw);
+        foreach (var row in _store.GetSegments(disk.Id, first, count))
+            entries[row.Segment - first] = (readOnly ? ReadOnlyView(row.Entry) : row.Entry).Raw;
+        var response = new FaultResponse { FaultId = fault.FaultId, Outcome = FaultOutcome.Retry, FirstSegment = (ulong)first };
+        response.Entries.Add(entries);
+        return response;
+    }
+
+    /// <summary>What a read-only host gets: mapped entries also carry NoWrite, so a write faults even if the export allowed it.</summary>
+    private static MapEntry ReadOnlyView(MapEntry entry) => entry.HasLocation ? entry.WithStates(EntryStates.NoWrite, EntryStates.None) : entry;
+
+    private static FaultResponse Fail(MapFault fault, IoStatus status, string message) =>
+        new() { FaultId = fault.FaultId, Outcome = FaultOutcome.Fail, Status = (uint)status, Message = message };
+
+    private static void Respond(AgentSession session, FaultResponse response) =>
+        session.Send(new ControllerMessage { FaultResponse = response });
+
+    [LoggerMessage(EventId = 200, Level = LogLevel.Error, Message = "fault from {Host} on disk {DiskId} segment {Segment} failed")]
+    private static partial void LogFaultFailed(ILogger logger, Exception e, string host, ulong diskId, ulong segment);
+
+    [LoggerMessage(EventId = 201, Level = LogLevel.Debug, Message = "disk {Disk} segment {Segment} allocated at {Location}")]
+    private static partial void LogAllocated(ILogger logger, string disk, long segment, string location);
+
+    [LoggerMessage(EventId = 202, Level = LogLevel.Warning, Message = "agent {Host} did not acknowledge a change of disk {DiskId}; proceeding after its lease lapsed")]
+    private static partial void LogFenced(ILogger logger, string host, ulong diskId);
+}

@@ -1,0 +1,239 @@
+using System.Net;
+using Grpc.Net.Client;
+using Microsoft.Extensions.Logging.Abstractions;
+using Tessera.Controller;
+using Tessera.Core.Protocol;
+using Tessera.Nbd;
+using Xunit;
+
+namespace Tessera.Agent.Tests;
+
+/// <summary>A real controller and real agents in one process, talking gRPC and NBD over loopback.</summary>
+internal sealed class Cluster : IAsyncDisposable
+{
+    public static readonly TimeSpan Timeout = TimeSpan.FromSeconds(20);
+    public readonly string Dir = Path.Combine(Path.GetTempPath(), "tessera-e2e-" + Guid.NewGuid().ToString("N"));
+    public ControllerHost Controller = null!;
+    public Admin.AdminClient Admin = null!;
+    private GrpcChannel? _channel;
+    private readonly List<AgentHost> _agents = new();
+    private readonly int _leaseMs;
+    private string _listen = "127.0.0.1:0";
+
+    private Cluster(int leaseMs) => _leaseMs = leaseMs;
+
+    public static async Task<Cluster> StartAsync(int leaseMs = 10_000)
+    {
+        var c = new Cluster(leaseMs);
+        await c.StartControllerAsync();
+        await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "pool0", Uri = "file://" + Path.Combine(c.Dir, "pool0.img"), SizeBytes = 256 << 20 });
+        return c;
+    }
+
+    public async Task StartControllerAsync()
+    {
+        Controller = await ControllerHost.StartAsync(new ControllerOptions
+        {
+            DataDirectory = Path.Combine(Dir, "controller"),
+            ListenAddress = _listen,
+            LeaseMs = _leaseMs,
+            HeartbeatIntervalMs = Math.Max(20, _leaseMs / 10),
+        }, NullLoggerFactory.Instance);
+        _listen = new Uri(Controller.Url).Authority; // restart on the same port
+        _channel?.Dispose();
+        _channel = GrpcChannel.ForAddress(Controller.Url);
+        Admin = new Admin.AdminClient(_channel);
+    }
+
+    public Task StopControllerAsync() => Controller.StopAsync();
+
+    public async Task<AgentHost> StartAgentAsync(string host)
+    {
+        var agent = await AgentHost.StartAsync(new AgentOptions
+        {
+            ControllerUrl = Controller.Url,
+            HostName = host,
+            NbdEndPoint = new IPEndPoint(IPAddress.Loopback, 0),
+        }, NullLoggerFactory.Instance);
+        _agents.Add(agent);
+        await agent.Registered.WaitAsync(Timeout);
+        return agent;
+    }
+
+    public async Task CreateDiskAsync(string name, long sizeBytes, int segmentSizeBytes, params string[] hosts)
+    {
+        await Admin.CreateDiskAsync(new CreateDiskRequest { Name = name, SizeBytes = (ulong)sizeBytes, SegmentSizeBytes = (uint)segmentSizeBytes });
+        foreach (var h in hosts) await Admin.PresentDiskAsync(new PresentRequest { Disk = name, Host = h });
+    }
+
+    public static async Task<NbdClient> OpenAsync(AgentHost agent, string disk)
+    {
+        var deadline = DateTime.UtcNow + Timeout;
+        while (agent.Core.FindVolume(disk) is null)
+        {
+            if (DateTime.UtcNow > deadline) throw new TimeoutException($"disk {disk} never reached agent {agent.Core.HostName}");
+            await Task.Delay(10);
+        }
+        return await NbdClient.ConnectTcpAsync("127.0.0.1", agent.NbdEndPoint.Port, disk, new NbdClientOptions { BaseAllocation = true });
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        foreach (var a in _agents) await a.DisposeAsync();
+        await Controller.DisposeAsync();
+        _channel?.Dispose();
+        try { Directory.Delete(Dir, recursive: true); } catch (IOException) { }
+    }
+}
+
+public class EndToEndTests
+{
+    private const int Seg = 64 << 10;
+
+    // Proves the whole chain: a thin disk reads zeros, the first write allocates through the controller, data reads back, and the map shows it.
+    [Fact]
+    public async Task Thin_write_read_through_controller_and_agent()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("d1", 8 << 20, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        await using var nbd = await Cluster.OpenAsync(agent, "d1");
+        Assert.Equal(8 << 20, nbd.SizeBytes);
+
+        var zeros = new byte[8192];
+        Assert.Equal(0u, await nbd.ReadAsync(Seg - 4096, zeros));
+        Assert.All(zeros, b => Assert.Equal(0, b));
+
+        var data = Pattern.For(Seg - 4096, 3 * Seg, 1); // spans segments 0..3
+        Assert.Equal(0u, await nbd.WriteAsync(Seg - 4096, data));
+        Assert.Equal(0u, await nbd.FlushAsync());
+        var back = new byte[data.Length];
+        Assert.Equal(0u, await nbd.ReadAsync(Seg - 4096, back));
+        Assert.Equal(data, back);
+
+        var disk = await c.Admin.GetDiskAsync(new DiskRef { Name = "d1" });
+        Assert.Equal(4ul, disk.AllocatedSegments);
+    }
+
+    // Proves two hosts sharing a disk see each other's acknowledged writes, including the first write to a Zero segment.
+    [Fact]
+    public async Task Shared_disk_first_write_is_visible_on_the_other_host()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("shared", 4 << 20, Seg, "h1", "h2");
+        var a1 = await c.StartAgentAsync("h1");
+        var a2 = await c.StartAgentAsync("h2");
+        await using var n1 = await Cluster.OpenAsync(a1, "shared");
+        await using var n2 = await Cluster.OpenAsync(a2, "shared");
+
+        // h2 loads segment 5 as Zero first, so it holds a Zero entry when h1 allocates it.
+        var buf = new byte[4096];
+        Assert.Equal(0u, await n2.ReadAsync(5 * Seg, buf));
+        Assert.All(buf, b => Assert.Equal(0, b));
+
+        var data = Pattern.For(5 * Seg, 4096, 9);
+        Assert.Equal(0u, await n1.WriteAsync(5 * Seg, data));
+        Assert.Equal(0u, await n2.ReadAsync(5 * Seg, buf));
+        Assert.Equal(data, buf);
+
+        // And the other way round, on a segment h1 has already loaded.
+        var data2 = Pattern.For(5 * Seg + 4096, 4096, 10);
+        Assert.Equal(0u, await n2.WriteAsync(5 * Seg + 4096, data2));
+        Assert.Equal(0u, await n1.ReadAsync(5 * Seg + 4096, buf));
+        Assert.Equal(data2, buf);
+    }
+
+    // Proves a restarted agent starts with no tables, reloads them on demand, and finds every byte written before.
+    [Fact]
+    public async Task Agent_restart_reloads_tables_and_keeps_data()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("d1", 4 << 20, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        var data = Pattern.For(0, 2 * Seg, 3);
+        await using (var nbd = await Cluster.OpenAsync(agent, "d1"))
+        {
+            Assert.Equal(0u, await nbd.WriteAsync(0, data, fua: true));
+        }
+        ulong incarnation = agent.Core.Incarnation;
+        await agent.StopAsync();
+
+        var restarted = await c.StartAgentAsync("h1");
+        Assert.NotEqual(incarnation, restarted.Core.Incarnation);
+        await using var again = await Cluster.OpenAsync(restarted, "d1");
+        var back = new byte[data.Length];
+        Assert.Equal(0u, await again.ReadAsync(0, back));
+        Assert.Equal(data, back);
+    }
+
+    // Proves mapped I/O continues with the controller stopped, and a fault waits and completes once the controller is back.
+    [Fact]
+    public async Task Controller_outage_mapped_io_continues_and_faults_wait()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("d1", 4 << 20, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        await using var nbd = await Cluster.OpenAsync(agent, "d1");
+        var data = Pattern.For(0, 4096, 4);
+        Assert.Equal(0u, await nbd.WriteAsync(0, data));
+
+        await c.StopControllerAsync();
+        // Mapped segment 0: reads and writes go on without the controller.
+        var data2 = Pattern.For(0, 4096, 5);
+        Assert.Equal(0u, await nbd.WriteAsync(0, data2));
+        var back = new byte[4096];
+        Assert.Equal(0u, await nbd.ReadAsync(0, back));
+        Assert.Equal(data2, back);
+
+        // Segment 7 was never touched: its write must fault and wait for the controller.
+        var pending = nbd.WriteAsync(7 * Seg, Pattern.For(7 * Seg, 4096, 6)).AsTask();
+        await Task.Delay(200);
+        Assert.False(pending.IsCompleted);
+
+        await c.StartControllerAsync();
+        Assert.Equal(0u, await pending.WaitAsync(Cluster.Timeout));
+        Assert.Equal(0u, await nbd.ReadAsync(7 * Seg, back));
+        Assert.Equal(Pattern.For(7 * Seg, 4096, 6), back);
+    }
+
+    // Proves a host sees only the disks presented to it, and a read-only presentation refuses writes with EPERM.
+    [Fact]
+    public async Task Presentation_limits_what_a_host_sees_and_may_write()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("mine", 1 << 20, Seg, "h1");
+        await c.CreateDiskAsync("theirs", 1 << 20, Seg, "h2");
+        await c.Admin.CreateDiskAsync(new CreateDiskRequest { Name = "ro", SizeBytes = 1 << 20 });
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "ro", Host = "h1", ReadOnly = true });
+        var agent = await c.StartAgentAsync("h1");
+        await using var ro = await Cluster.OpenAsync(agent, "ro");
+        var names = new AgentCatalog(agent.Core).ListExports().Select(e => e.Name).ToArray();
+        Assert.Equal(new[] { "mine", "ro" }, names);
+        Assert.True(ro.ReadOnly);
+        Assert.Equal(1u /* EPERM */, await ro.WriteAsync(0, new byte[512]));
+        await Assert.ThrowsAnyAsync<Exception>(() => NbdClient.ConnectTcpAsync("127.0.0.1", agent.NbdEndPoint.Port, "theirs"));
+    }
+
+    // Proves whole-segment WRITE_ZEROES returns segments to Zero through the controller and frees their space.
+    [Fact]
+    public async Task Whole_segment_write_zeroes_frees_space()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("d1", 4 << 20, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        await using var nbd = await Cluster.OpenAsync(agent, "d1");
+        Assert.Equal(0u, await nbd.WriteAsync(0, Pattern.For(0, 4 * Seg, 2)));
+        Assert.Equal(4ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d1" })).AllocatedSegments);
+        Assert.Equal(0u, await nbd.WriteZeroesAsync(Seg, 2 * Seg));
+        Assert.Equal(2ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d1" })).AllocatedSegments);
+        var extents = new NbdExtentList();
+        Assert.Equal(0u, await nbd.BlockStatusAsync(0, 4 * Seg, extents));
+        Assert.Equal(NbdExtentFlags.Data, extents[0].Flags);
+        Assert.Equal(new NbdExtent(Seg, 2 * Seg, NbdExtentFlags.Hole | NbdExtentFlags.Zero), extents[1]);
+        var back = new byte[4 * Seg];
+        Assert.Equal(0u, await nbd.ReadAsync(0, back));
+        Assert.Equal(Pattern.For(0, Seg, 2), back.AsSpan(0, Seg).ToArray());
+        Assert.All(back.AsSpan(Seg, 2 * Seg).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(Pattern.For(3 * Seg, Seg, 2), back.AsSpan(3 * Seg).ToArray());
+    }
+}
