@@ -66,6 +66,9 @@ public sealed class MappedDisk : IDisposable
 
         public ValueTask<FaultResult> FaultAsync(DiskVolume volume, long segment, bool write, MapEntry seen, CancellationToken cancellationToken) =>
             throw new InvalidOperationException($"unexpected map fault on segment {segment} ({seen}): the benchmark disk is fully mapped");
+
+        public ValueTask<FaultResult> ZeroFaultAsync(DiskVolume volume, long firstSegment, long count, CancellationToken cancellationToken) =>
+            throw new InvalidOperationException($"unexpected zeroing fault on segments {firstSegment}+{count}: the benchmarks do not zero");
     }
 }
 
