@@ -29,6 +29,8 @@ internal sealed class NbdInput(Stream stream, int bufferBytes)
     /// <summary>
     /// Ensures at least <paramref name="count"/> bytes are buffered. Returns false on a clean end of stream before any
     /// of them arrived; throws <see cref="NbdProtocolException"/> on an end of stream part-way through.
+    /// Pooled builder: the reader suspends here once per request when requests arrive one at a time (QD1), and the
+    /// default builder would allocate a state-machine box each time.
     /// </summary>
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> FillAsync(int count, string what, CancellationToken ct)
