@@ -309,6 +309,23 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task StopLetsAnInFlightWriteThatFinishesInTimeSucceed()
+    {
+        // Proves a request that completes within the stop grace period is answered normally and its data lands.
+        await using var s = await TestServer.StartAsync(o => o.ShutdownGracePeriod = TimeSpan.FromSeconds(15));
+        await using var c = await s.ConnectAsync();
+        s.Disk.Gate = new TaskCompletionSource();
+        var pending = c.WriteAsync(4096, Pattern.Make(4096, 512, 9)).AsTask();
+        while (s.Disk.OperationsStarted == 0) await Task.Delay(5);
+        var stopping = s.Server.StopAsync();
+        Assert.False(stopping.IsCompleted);
+        s.Disk.Gate.SetResult();
+        Assert.Equal(0u, await pending.WaitAsync(TimeSpan.FromSeconds(20)));
+        await stopping.WaitAsync(TimeSpan.FromSeconds(20));
+        Assert.Equal(Pattern.Make(4096, 512, 9), s.Disk.Snapshot().AsSpan(4096, 512).ToArray());
+    }
+
+    [Fact]
     public async Task InMemoryTransportServesTheSameProtocol()
     {
         // Proves the protocol core runs over any duplex stream, with no socket involved.
