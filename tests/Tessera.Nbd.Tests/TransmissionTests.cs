@@ -31,6 +31,21 @@ public class TransmissionTests
     }
 
     [Fact]
+    public async Task ClientSplitsTransfersLargerThanTheMaximumBlockSize()
+    {
+        // Proves the client cuts a transfer above the advertised maximum block size into legal requests that land in place.
+        await using var s = await TestServer.StartAsync(o => o.MaxRequestBytes = 1 << 20);
+        await using var c = await s.ConnectAsync();
+        Assert.Equal(1u << 20, c.MaxBlockBytes);
+        var data = Pattern.Make(4096, (3 << 20) + 100, 12);
+        Assert.Equal(0u, await c.WriteAsync(4096, data));
+        Assert.Equal(data, s.Disk.Snapshot().AsSpan(4096, data.Length).ToArray());
+        var back = new byte[data.Length];
+        Assert.Equal(0u, await c.ReadAsync(4096, back));
+        Assert.Equal(data, back);
+    }
+
+    [Fact]
     public async Task TransmissionFlagsFollowCapabilitiesAndStructuredReplies()
     {
         // Proves the advertised transmission flags come from the export's capabilities and read-only bit, and DF only with structured replies.
