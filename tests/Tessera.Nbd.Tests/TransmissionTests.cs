@@ -8,13 +8,19 @@ public class TransmissionTests
         | NbdWire.TxSendFastZero | NbdWire.TxSendCache | NbdWire.TxCanMultiConn;
 
     [Theory]
-    [InlineData(false, int.MaxValue)]
-    [InlineData(true, int.MaxValue)]
-    [InlineData(true, 4096)]
-    public async Task WritesLandAtTheirOffsetAndReadBack(bool structured, int inlineMaxBytes)
+    [InlineData(false, int.MaxValue, true)]
+    [InlineData(true, int.MaxValue, true)]
+    [InlineData(true, 4096, true)]
+    [InlineData(true, int.MaxValue, false)]
+    [InlineData(false, 4096, false)]
+    public async Task WritesLandAtTheirOffsetAndReadBack(bool structured, int inlineMaxBytes, bool threadPerConnection)
     {
-        // Proves self-describing data written at several offsets and sizes (incl. unaligned and > copy threshold) reads back in place, with simple and structured replies, inline or dispatched to the pool.
-        await using var s = await TestServer.StartAsync(o => o.InlineMaxBytes = inlineMaxBytes);
+        // Proves self-describing data written at several offsets and sizes (incl. unaligned and > copy threshold) reads back in place, with simple and structured replies, inline or dispatched, on blocking or async sockets.
+        await using var s = await TestServer.StartAsync(o =>
+        {
+            o.InlineMaxBytes = inlineMaxBytes;
+            o.ThreadPerConnection = threadPerConnection;
+        });
         await using var c = await s.ConnectAsync(structured: structured);
         Assert.Equal(structured, c.StructuredReplies);
         (long Offset, int Length)[] cases = [(0, 4096), (12345, 777), (1 << 20, 256 * 1024), (3 << 20, 4 << 20), (TestServer.DiskBytes - 512, 512)];
@@ -245,11 +251,13 @@ public class TransmissionTests
         Assert.Equal(0u, await c.ReadAsync(0, new byte[16]));
     }
 
-    [Fact]
-    public async Task ManyConcurrentRequestsOnOneConnectionAllLandCorrectly()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ManyConcurrentRequestsOnOneConnectionAllLandCorrectly(bool threadPerConnection)
     {
         // Proves hundreds of overlapping requests on one connection are each answered to the right cookie and placed at the right offset.
-        await using var s = await TestServer.StartAsync();
+        await using var s = await TestServer.StartAsync(o => o.ThreadPerConnection = threadPerConnection);
         await using var c = await s.ConnectAsync();
         var writes = Enumerable.Range(0, 300).Select(i => c.WriteAsync(i * 8192L, Pattern.Make(i * 8192L, 8192, 6)).AsTask());
         Assert.All(await Task.WhenAll(writes), e => Assert.Equal(0u, e));
