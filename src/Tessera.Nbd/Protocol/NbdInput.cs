@@ -1,3 +1,5 @@
+using System.Runtime.CompilerServices;
+
 namespace Tessera.Nbd.Protocol;
 
 /// <summary>A client broke the protocol; only its connection ends. The message is the logged reason.</summary>
@@ -27,7 +29,10 @@ internal sealed class NbdInput(Stream stream, int bufferBytes)
     /// <summary>
     /// Ensures at least <paramref name="count"/> bytes are buffered. Returns false on a clean end of stream before any
     /// of them arrived; throws <see cref="NbdProtocolException"/> on an end of stream part-way through.
+    /// Pooled builder: the reader suspends here once per request when requests arrive one at a time (QD1), and the
+    /// default builder would allocate a state-machine box each time.
     /// </summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder<>))]
     public async ValueTask<bool> FillAsync(int count, string what, CancellationToken ct)
     {
         if (count > _buffer.Length) throw new InvalidOperationException("fill larger than the receive buffer");
@@ -52,6 +57,7 @@ internal sealed class NbdInput(Stream stream, int bufferBytes)
     }
 
     /// <summary>Reads exactly destination.Length bytes, or throws <see cref="NbdProtocolException"/>.</summary>
+    [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     public async ValueTask ReadExactAsync(Memory<byte> destination, string what, CancellationToken ct)
     {
         int fromBuffer = Math.Min(destination.Length, _end - _start);
