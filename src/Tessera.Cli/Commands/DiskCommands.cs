@@ -18,6 +18,8 @@ public static class DiskCommands
         };
     }
 
+    private const string DefaultSegmentSize = "1MiB";
+
     private static Argument<string> NameArgument() => new("NAME") { Description = "Disk name (also its NBD export name)" };
 
     private static Option<string> HostOption() => new("--host") { Description = "Host name (as given to tessera agent --host)", Required = true, HelpName = "HOST" };
@@ -27,7 +29,7 @@ public static class DiskCommands
         var name = NameArgument();
         var size = Arguments.SizeOption("--size", "Disk size, e.g. 8GiB");
         size.Required = true;
-        var segmentSize = Arguments.SizeOption("--segment-size", "Segment size: a power of two, 64KiB..64MiB", "1MiB");
+        var segmentSize = Arguments.SizeOption("--segment-size", "Segment size: a power of two, 64KiB..64MiB", DefaultSegmentSize);
         var command = new Command("create", "Create a thin disk (all segments read as zeros until written)") { name, size, segmentSize, controller, Output.JsonOption };
         CommandRunner.SetAdminAction(command, controller, async (r, admin, ct) =>
         {
@@ -35,7 +37,7 @@ public static class DiskCommands
             {
                 Name = Arguments.Name("disk", r.GetValue(name)),
                 SizeBytes = (ulong)Arguments.PositiveSize("--size", r.GetValue(size)),
-                SegmentSizeBytes = Arguments.SegmentSize(r.GetValue(segmentSize)),
+                SegmentSizeBytes = Arguments.SegmentSize(Arguments.SizeValue(r, segmentSize, DefaultSegmentSize)),
             };
             var disk = await admin.Client.CreateDiskAsync(request, admin.Call(ct));
             if (Output.WantsJson(r)) Output.Json(DiskJson.From(disk));
