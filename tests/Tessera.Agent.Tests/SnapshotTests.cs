@@ -65,7 +65,7 @@ public class SnapshotTests(ITestOutputHelper output)
         }
     }
 
-    // Proves a snapshot taken while writers run holds exactly the disk at the snapshot point (per block: the last write acknowledged before the command, or one concurrent with it), later writes do not leak into it, a clone diverges independently, and deleting the snapshot frees exactly its unshared space.
+    // Proves a snapshot taken while writers on two hosts run holds exactly the disk at the snapshot point (per block: the last write acknowledged before the command, or one concurrent with it), later writes do not leak into it, a clone diverges independently, and deleting the snapshot frees exactly its unshared space.
     [Fact]
     public async Task Snapshot_under_load_is_crash_consistent_and_clone_diverges()
     {
@@ -73,8 +73,9 @@ public class SnapshotTests(ITestOutputHelper output)
         using var channel = GrpcChannel.ForAddress(c.Controller.Url);
         var snaps = new Snapshots.SnapshotsClient(channel);
         const int Tag = 7, Blocks = (4 << 20) / Block, Writers = 4;
-        await c.CreateDiskAsync("d", Blocks * (long)Block, Seg, "h1");
+        await c.CreateDiskAsync("d", Blocks * (long)Block, Seg, "h1", "h2");
         var agent = await c.StartAgentAsync("h1");
+        var agent2 = await c.StartAgentAsync("h2"); // a shared disk: the snapshot must stop writes on both hosts
 
         var started = new int[Blocks];   // last generation whose write started, per block
         var acked = new int[Blocks];     // last generation acknowledged, per block
@@ -84,7 +85,7 @@ public class SnapshotTests(ITestOutputHelper output)
         for (int w = 0; w < Writers; w++)
         {
             int writer = w;
-            var nbd = await Cluster.OpenAsync(agent, "d");
+            var nbd = await Cluster.OpenAsync(writer % 2 == 0 ? agent : agent2, "d");
             writers.Add(Task.Run(async () =>
             {
                 await using var _ = nbd;
@@ -109,17 +110,22 @@ public class SnapshotTests(ITestOutputHelper output)
         watch.Stop();
         var upper = Enumerable.Range(0, Blocks).Select(b => Volatile.Read(ref started[b])).ToArray();   // started before the command answered
         output.WriteLine($"snapshot under load: {watch.Elapsed.TotalMilliseconds:0.0} ms round trip, {snapshot.CreationMicros / 1000.0:0.0} ms in the controller");
+        // Read the snapshot while the writers go on: it must not change any more (checked against the read at the end).
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "d@s1", Host = "h1", ReadOnly = true });
+        int[] early;
+        await using (var sn = await Cluster.OpenAsync(agent, "d@s1"))
+            early = await ReadGenerationsAsync(sn, Tag, Blocks);
         long atSnapshot = Interlocked.Read(ref totalAcked);
         await WaitUntilAsync(() => Interlocked.Read(ref totalAcked) >= atSnapshot + 2000 || writers.Any(t => t.IsCompleted), "writers made no progress after the snapshot");
         stop.Cancel();
         await Task.WhenAll(writers).WaitAsync(Cluster.Timeout);
 
         // The snapshot, presented read-only and read through NBD.
-        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "d@s1", Host = "h1", ReadOnly = true });
         await using (var sn = await Cluster.OpenAsync(agent, "d@s1"))
         {
             Assert.True(sn.ReadOnly);
             var gens = await ReadGenerationsAsync(sn, Tag, Blocks);
+            Assert.Equal(early, gens);
             int concurrent = 0;
             for (int b = 0; b < Blocks; b++)
             {
