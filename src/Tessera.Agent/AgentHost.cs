@@ -56,6 +56,7 @@ public sealed class AgentHost : IAsyncDisposable
 
     public static async Task<AgentHost> StartAsync(AgentOptions options, ILoggerFactory loggerFactory, CancellationToken cancellationToken = default)
     {
+        NbdContainer.Register();
         var core = new AgentCore(options.HostName, new ContainerSet(options.Containers), options.TimeProvider,
             loggerFactory.CreateLogger("Tessera.Agent"), options.FaultTimeoutMs);
         var nbd = new NbdServer(new AgentCatalog(core), new NbdServerOptions

@@ -243,7 +243,10 @@ public sealed class DiskVolume
                 pending[i] = ReadPieceAsync(offset + done, buffer.Slice(done, n), zeroExtents, cancellationToken);
                 done += n;
             }
-            return await GatherAsync(pending, i);
+            var status = await GatherAsync(pending, i);
+            // Pieces that waited on a fault finish out of order; NBD replies want the holes in offset order.
+            zeroExtents?.SortByOffset();
+            return status;
         }
         finally
         {

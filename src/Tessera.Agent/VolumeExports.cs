@@ -39,12 +39,8 @@ public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : I
 
     public CancellationToken Closed => volume.Closed;
 
-    public async ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken cancellationToken)
-    {
-        var status = await volume.ReadAsync(offset, buffer, zeroExtents, cancellationToken);
-        if (zeroExtents is { Count: > 1 }) SortIfNeeded(zeroExtents);
-        return status;
-    }
+    public ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken cancellationToken) =>
+        volume.ReadAsync(offset, buffer, zeroExtents, cancellationToken);
 
     public async ValueTask<IoStatus> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {
@@ -78,17 +74,4 @@ public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : I
         volume.GetExtentsAsync(offset, length, extents, cancellationToken);
 
     public void Dispose() { }
-
-    // Pieces that waited on a fault can finish out of order; the list is tiny, so an insertion sort is enough.
-    private static void SortIfNeeded(NbdExtentList list)
-    {
-        bool sorted = true;
-        for (int i = 1; i < list.Count && sorted; i++) sorted = list[i - 1].Offset <= list[i].Offset;
-        if (sorted) return;
-        var items = new NbdExtent[list.Count];
-        for (int i = 0; i < items.Length; i++) items[i] = list[i];
-        Array.Sort(items, (a, b) => a.Offset.CompareTo(b.Offset));
-        list.Clear();
-        foreach (var e in items) list.Add(e.Offset, e.Length, e.Flags);
-    }
 }

@@ -12,6 +12,7 @@ var root = new RootCommand("Tessera: virtual disks over a pool of storage contai
     DiskCommands.Create(),
     HostCommands.Create(),
     StatusCommand.Create(),
+    StoreCommand.Create(),
 };
 
 var parseResult = root.Parse(args);

@@ -28,7 +28,7 @@ public sealed class ControllerCore : IDisposable
             throw;
         }
         Sessions = new SessionRegistry();
-        Coordinator = new DiskCoordinator(Store, Pool, Sessions, loggerFactory.CreateLogger<DiskCoordinator>(), _stopping.Token);
+        Coordinator = new DiskCoordinator(Store, Pool, Sessions, loggerFactory.CreateLogger<DiskCoordinator>(), _stopping.Token, Time, TimeSpan.FromMilliseconds(options.LeaseMs));
     }
 
     public ControllerOptions Options { get; }

@@ -66,6 +66,7 @@ public sealed partial class ControllerHost : IAsyncDisposable
     public static async Task<ControllerHost> StartAsync(ControllerOptions options, ILoggerFactory loggerFactory, CancellationToken cancellationToken = default)
     {
         options.Validate();
+        Tessera.Nbd.NbdContainer.Register();
         var (address, port) = ParseListenAddress(options.ListenAddress);
         var core = new ControllerCore(options, loggerFactory);
         try

@@ -57,6 +57,22 @@ public sealed class NbdExtentList
 
     public void Clear() => Count = 0;
 
+    /// <summary>Sorts by offset and merges neighbours (extents appended out of order by concurrent pieces).</summary>
+    public void SortByOffset()
+    {
+        bool sorted = true;
+        for (int i = 1; i < Count && sorted; i++) sorted = _items[i - 1].Offset <= _items[i].Offset;
+        if (sorted) return;
+        Array.Sort(_items, 0, Count, Comparer<NbdExtent>.Create((a, b) => a.Offset.CompareTo(b.Offset)));
+        int n = Count;
+        Count = 0;
+        for (int i = 0; i < n; i++)
+        {
+            var e = _items[i];
+            Add(e.Offset, e.Length, e.Flags);
+        }
+    }
+
     public void Add(long offset, long length, NbdExtentFlags flags)
     {
         if (length <= 0) return;

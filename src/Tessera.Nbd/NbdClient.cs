@@ -2,6 +2,7 @@ using System.Buffers.Binary;
 using System.Collections.Concurrent;
 using System.Net.Sockets;
 using System.Text;
+using System.Threading.Tasks.Sources;
 using Tessera.Nbd.Protocol;
 
 namespace Tessera.Nbd;
@@ -30,14 +31,47 @@ public sealed class NbdClientException(string message, Exception? inner = null) 
 /// </summary>
 public sealed class NbdClient : IAsyncDisposable
 {
-    private sealed class Pending
+    /// <summary>One outstanding request; pooled, completed exactly once by whoever removes it from the table.</summary>
+    private sealed class Pending : IValueTaskSource<uint>
     {
-        public readonly TaskCompletionSource<uint> Done = new(TaskCreationOptions.RunContinuationsAsynchronously);
+        private ManualResetValueTaskSourceCore<uint> _core = new() { RunContinuationsAsynchronously = true };
+        private readonly NbdClient _owner;
         public ushort Command;
         public long Offset;
         public Memory<byte> Buffer;
         public NbdExtentList? Extents;
         public uint Errno;
+
+        public Pending(NbdClient owner) => _owner = owner;
+
+        public ValueTask<uint> Task => new(this, _core.Version);
+        public void SetResult(uint errno) => _core.SetResult(errno);
+        public void SetException(Exception e) => _core.SetException(e);
+        public ValueTaskSourceStatus GetStatus(short token) => _core.GetStatus(token);
+        public void OnCompleted(Action<object?> continuation, object? state, short token, ValueTaskSourceOnCompletedFlags flags) =>
+            _core.OnCompleted(continuation, state, token, flags);
+
+        public uint GetResult(short token)
+        {
+            try { return _core.GetResult(token); }
+            finally
+            {
+                _core.Reset();
+                Buffer = default;
+                Extents = null;
+                Errno = 0;
+                _owner.ReturnPending(this);
+            }
+        }
+    }
+
+    private readonly ConcurrentStack<Pending> _pendingPool = new();
+
+    private Pending RentPending() => _pendingPool.TryPop(out var p) ? p : new Pending(this);
+
+    private void ReturnPending(Pending p)
+    {
+        if (_pendingPool.Count < 256) _pendingPool.Push(p);
     }
 
     private readonly Stream _stream;
@@ -297,12 +331,17 @@ public sealed class NbdClient : IAsyncDisposable
         BinaryPrimitives.WriteUInt32BigEndian(h[24..], length);
     }
 
+    [System.Runtime.CompilerServices.AsyncMethodBuilder(typeof(System.Runtime.CompilerServices.PoolingAsyncValueTaskMethodBuilder<>))]
     private async ValueTask<uint> SendAsync(ushort command, ushort flags, long offset, uint length, ReadOnlyMemory<byte> payload,
         Memory<byte> readBuffer, NbdExtentList? extents, CancellationToken ct)
     {
         if (_failure is { } f) throw new NbdClientException("NBD connection is broken: " + f.Message, f);
         ulong cookie = (ulong)Interlocked.Increment(ref _nextCookie);
-        var op = new Pending { Command = command, Offset = offset, Buffer = readBuffer, Extents = extents };
+        var op = RentPending();
+        op.Command = command;
+        op.Offset = offset;
+        op.Buffer = readBuffer;
+        op.Extents = extents;
         _pending[cookie] = op;
         await _sendLock.WaitAsync(ct).ConfigureAwait(false);
         try
@@ -330,7 +369,7 @@ public sealed class NbdClient : IAsyncDisposable
             _sendLock.Release();
         }
         if (_failure != null && _pending.TryRemove(cookie, out _)) throw new NbdClientException("NBD connection is broken", _failure);
-        return await op.Done.Task.ConfigureAwait(false);
+        return await op.Task.ConfigureAwait(false);
     }
 
     private void Fail(Exception e)
@@ -338,7 +377,7 @@ public sealed class NbdClient : IAsyncDisposable
         _failure ??= e;
         foreach (var key in _pending.Keys)
             if (_pending.TryRemove(key, out var op))
-                op.Done.TrySetException(new NbdClientException("NBD connection lost: " + e.Message, e));
+                op.SetException(new NbdClientException("NBD connection lost: " + e.Message, e));
     }
 
     private async Task ReaderLoopAsync()
@@ -372,8 +411,7 @@ public sealed class NbdClient : IAsyncDisposable
         var op = Lookup(cookie);
         if (op.Command == NbdWire.CmdRead && errno == 0)
             await _input.ReadExactAsync(op.Buffer, "read payload", default).ConfigureAwait(false);
-        _pending.TryRemove(cookie, out _);
-        op.Done.TrySetResult(errno);
+        if (_pending.TryRemove(cookie, out _)) op.SetResult(errno);
     }
 
     private async ValueTask ReadChunkAsync()
@@ -444,8 +482,7 @@ public sealed class NbdClient : IAsyncDisposable
         }
         if ((flags & NbdWire.ReplyFlagDone) != 0)
         {
-            _pending.TryRemove(cookie, out _);
-            op.Done.TrySetResult(op.Errno);
+            if (_pending.TryRemove(cookie, out _)) op.SetResult(op.Errno);
         }
     }
 

@@ -7,6 +7,9 @@ namespace Tessera.Nbd;
 /// <summary>
 /// The reply side: a queue and a single sender at a time. A thread that enqueues while nobody is sending becomes
 /// the sender and keeps draining until the queue is empty, so replies that complete together leave in one write.
+/// While the reader is working through requests that arrived together (<see cref="_deferFlush"/>), the sender
+/// leaves small replies in the send buffer; the reader releases them before it next waits, so a pipelined burst
+/// of requests is answered with one send instead of one per request.
 /// </summary>
 internal sealed partial class NbdConnection
 {
@@ -22,6 +25,22 @@ internal sealed partial class NbdConnection
         _ = SendLoopAsync();
     }
 
+    /// <summary>
+    /// Called by the reader before it may wait (for bytes, or for a free slot): replies it left in the send buffer
+    /// while working through a batch of already-received requests go out now, in one write.
+    /// </summary>
+    private void ReleaseFlush()
+    {
+        lock (_replies)
+        {
+            _deferFlush = false;
+            if (_sending || _sendLength == 0) return;
+            _sending = true;
+        }
+        EnterInFlight();
+        _ = SendLoopAsync();
+    }
+
     private async Task SendLoopAsync()
     {
         while (true)
@@ -29,11 +48,14 @@ internal sealed partial class NbdConnection
             RequestContext? ctx;
             lock (_replies)
             {
-                if (!_replies.TryDequeue(out ctx) && (_sendLength == 0 || _broken))
+                if (!_replies.TryDequeue(out ctx))
                 {
-                    _sendLength = 0;
-                    _sending = false;
-                    break;
+                    if (_broken) _sendLength = 0;
+                    if (_sendLength == 0 || _deferFlush)
+                    {
+                        _sending = false;
+                        break;
+                    }
                 }
             }
             if (ctx == null)
@@ -203,6 +225,15 @@ internal sealed partial class NbdConnection
             if (_send.Length - _sendLength < count) await FlushSendAsync().ConfigureAwait(false);
             buffer.AsSpan(offset, count).CopyTo(_send.AsSpan(_sendLength));
             _sendLength += count;
+            return;
+        }
+        if (_stream is BlockingSocketStream socket)
+        {
+            int head = _sendLength;
+            _sendLength = 0;
+            if (_broken) return;
+            try { socket.WriteGather(_send, head, buffer, offset, count); }
+            catch (Exception e) { MarkBroken(e); }
             return;
         }
         await FlushSendAsync().ConfigureAwait(false);

@@ -47,13 +47,18 @@ internal sealed partial class NbdConnection
 
     private readonly Queue<RequestContext> _replies;
     private bool _sending;
+    private volatile bool _deferFlush;
     private volatile bool _broken;
     private readonly byte[] _send;
     private int _sendLength;
     private CancellationTokenSource? _readCts;
 
-    public NbdConnection(Stream stream, INbdExportCatalog catalog, NbdServerOptions options, ILogger logger, long id)
+    /// <summary>The transport blocks in place (a dedicated thread): wait for slots synchronously too, so the reader never moves to a pool thread.</summary>
+    private readonly bool _blockingTransport;
+
+    public NbdConnection(Stream stream, INbdExportCatalog catalog, NbdServerOptions options, ILogger logger, long id, bool blockingTransport = false)
     {
+        _blockingTransport = blockingTransport;
         _stream = stream;
         _catalog = catalog;
         _options = options;
@@ -80,6 +85,13 @@ internal sealed partial class NbdConnection
                 try
                 {
                     export = await HandshakeAsync(linked.Token).ConfigureAwait(false);
+                    if (handshakeCts.IsCancellationRequested)
+                    {
+                        // The deadline passed just as the handshake ended; a blocking transport may already have
+                        // shut its receive side, so treat it as the timeout it nearly was.
+                        export?.Dispose();
+                        throw new OperationCanceledException(handshakeCts.Token);
+                    }
                 }
                 catch (OperationCanceledException) when (handshakeCts.IsCancellationRequested)
                 {
@@ -104,7 +116,7 @@ internal sealed partial class NbdConnection
             }
             catch (OperationCanceledException) when (_readCts.IsCancellationRequested)
             {
-                reason = _exportClosed ? "export closed" : "server stopping";
+                reason = _exportClosed ? "export closed" : _broken ? "client went away (reply could not be sent)" : "server stopping";
             }
             finally
             {
@@ -148,6 +160,7 @@ internal sealed partial class NbdConnection
     /// <summary>Waits for started requests to be answered: normally, then (after the grace period) cancelled.</summary>
     private async ValueTask DrainInFlightAsync()
     {
+        ReleaseFlush();
         var waiter = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
         Volatile.Write(ref _idleWaiter, waiter);
         if (Volatile.Read(ref _inFlight) == 0) waiter.TrySetResult();
@@ -188,12 +201,18 @@ internal sealed partial class NbdConnection
     {
         while (true)
         {
-            await _slots.WaitAsync(ct).ConfigureAwait(false);
-            if (_input.BufferedCount < NbdWire.RequestHeaderBytes
-                && !await _input.FillAsync(NbdWire.RequestHeaderBytes, "request header", ct).ConfigureAwait(false))
+            if (_slots.CurrentCount == 0) ReleaseFlush();
+            if (_blockingTransport) _slots.Wait(ct);
+            else await _slots.WaitAsync(ct).ConfigureAwait(false);
+            if (_input.BufferedCount < NbdWire.RequestHeaderBytes)
             {
-                _slots.Release();
-                return "client closed the connection without NBD_CMD_DISC";
+                ReleaseFlush();
+                if (!await _input.FillAsync(NbdWire.RequestHeaderBytes, "request header", ct).ConfigureAwait(false))
+                {
+                    _slots.Release();
+                    return "client closed the connection without NBD_CMD_DISC";
+                }
+                _deferFlush = true;
             }
             var ctx = RentContext();
             EnterInFlight();
@@ -219,7 +238,9 @@ internal sealed partial class NbdConnection
                 ctx.EnsureBuffer((int)ctx.Length);
                 try
                 {
+                    if (_input.BufferedCount < (int)ctx.Length) ReleaseFlush();
                     await _input.ReadExactAsync(ctx.Payload, "write payload", ct).ConfigureAwait(false);
+                    _deferFlush = true;
                 }
                 catch
                 {
@@ -230,6 +251,8 @@ internal sealed partial class NbdConnection
             ctx.Errno = Validate(ctx);
             if (_exportClosed) ctx.Errno = NbdErrno.ESHUTDOWN;
             if (ctx.Errno != 0) EnqueueReply(ctx);
+            else if (ctx.Length >= (uint)_options.InlineMaxBytes && ctx.Command is NbdWire.CmdRead or NbdWire.CmdWrite)
+                ThreadPool.UnsafeQueueUserWorkItem(ctx, preferLocal: false);
             else Dispatch(ctx);
         }
     }
@@ -255,12 +278,13 @@ internal sealed partial class NbdConnection
     private uint Validate(RequestContext ctx)
     {
         ushort cmd = ctx.Command, flags = ctx.Flags;
+        // Decided first: even an error reply to READ or BLOCK_STATUS must be structured once structured replies are on.
+        ctx.Structured = _structured && (cmd == NbdWire.CmdRead || cmd == NbdWire.CmdBlockStatus);
         const ushort known = NbdWire.CmdFlagFua | NbdWire.CmdFlagNoHole | NbdWire.CmdFlagDf | NbdWire.CmdFlagReqOne | NbdWire.CmdFlagFastZero;
         if ((flags & ~known) != 0) return NbdErrno.EINVAL;
         if ((flags & NbdWire.CmdFlagDf) != 0 && (cmd != NbdWire.CmdRead || !_structured)) return NbdErrno.EINVAL;
         if ((flags & NbdWire.CmdFlagReqOne) != 0 && cmd != NbdWire.CmdBlockStatus) return NbdErrno.EINVAL;
         if ((flags & (NbdWire.CmdFlagNoHole | NbdWire.CmdFlagFastZero)) != 0 && cmd != NbdWire.CmdWriteZeroes) return NbdErrno.EINVAL;
-        ctx.Structured = _structured && (cmd == NbdWire.CmdRead || cmd == NbdWire.CmdBlockStatus);
         bool inRange = ctx.Offset <= (ulong)_sizeBytes && ctx.Length <= (ulong)_sizeBytes - ctx.Offset;
         switch (cmd)
         {
@@ -316,13 +340,18 @@ internal sealed partial class NbdConnection
             case NbdWire.CmdCache:
                 return _export.CacheAsync(offset, ctx.Length, ct);
             case NbdWire.CmdBlockStatus:
+                if ((_caps & NbdExportCapabilities.BlockStatus) == 0)
+                {
+                    ctx.Extents.Add(offset, ctx.Length, NbdExtentFlags.Data); // no allocation map: all data is the honest answer
+                    return ValueTask.FromResult(IoStatus.Ok);
+                }
                 return _export.GetExtentsAsync(offset, ctx.Length, ctx.Extents, ct);
             default:
                 return ValueTask.FromResult(IoStatus.InvalidArgument);
         }
     }
 
-    private void Dispatch(RequestContext ctx)
+    internal void Dispatch(RequestContext ctx)
     {
         ValueTask<IoStatus> pending;
         try

@@ -103,7 +103,7 @@ public sealed class NbdServer : IAsyncDisposable
             await transport.DisposeAsync().ConfigureAwait(false);
             return false;
         }
-        await RunConnectionAsync(transport, remote).ConfigureAwait(false);
+        await RunConnectionAsync(transport, remote, blocking: false).ConfigureAwait(false);
         return true;
     }
 
@@ -121,7 +121,7 @@ public sealed class NbdServer : IAsyncDisposable
         }
     }
 
-    private async Task RunConnectionAsync(Stream transport, string remote)
+    private async Task RunConnectionAsync(Stream transport, string remote, bool blocking)
     {
         long id = Interlocked.Increment(ref _nextId);
         var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
@@ -129,7 +129,7 @@ public sealed class NbdServer : IAsyncDisposable
         try
         {
             NbdLog.ConnectionOpened(_logger, id, remote);
-            var connection = new NbdConnection(transport, _catalog, _options, _logger, id);
+            var connection = new NbdConnection(transport, _catalog, _options, _logger, id, blocking);
             await connection.RunAsync(_stopping.Token).ConfigureAwait(false);
         }
         finally
@@ -165,7 +165,19 @@ public sealed class NbdServer : IAsyncDisposable
                 continue;
             }
             if (client.AddressFamily != AddressFamily.Unix) client.NoDelay = true;
-            _ = Task.Run(() => RunConnectionAsync(new NetworkStream(client, ownsSocket: true), remote));
+            if (_options.ThreadPerConnection)
+            {
+                var stream = new BlockingSocketStream(client);
+                new Thread(() => RunConnectionAsync(stream, remote, blocking: true).GetAwaiter().GetResult())
+                {
+                    IsBackground = true,
+                    Name = "nbd-connection",
+                }.Start();
+            }
+            else
+            {
+                _ = Task.Run(() => RunConnectionAsync(new NetworkStream(client, ownsSocket: true), remote, blocking: false));
+            }
         }
     }
 }

@@ -7,7 +7,7 @@ namespace Tessera.Nbd;
 /// One in-flight request. A connection keeps a small pool of these (at most its in-flight bound), so the steady path
 /// allocates nothing: the payload buffer, the extent lists, and the continuation delegate are reused.
 /// </summary>
-internal sealed class RequestContext
+internal sealed class RequestContext : IThreadPoolWorkItem
 {
     /// <summary>Buffers at most this large stay with the context between requests; larger ones go back to the pool.</summary>
     private const int KeepBufferMaxBytes = 1024 * 1024;
@@ -29,7 +29,16 @@ internal sealed class RequestContext
     public ValueTask<IoStatus> Pending;
     public readonly Action OnCompleted;
 
-    public RequestContext(NbdConnection owner) => OnCompleted = () => owner.OnOperationCompleted(this);
+    private readonly NbdConnection _owner;
+
+    public RequestContext(NbdConnection owner)
+    {
+        _owner = owner;
+        OnCompleted = () => owner.OnOperationCompleted(this);
+    }
+
+    /// <summary>Runs the request on a pool thread (large transfers, so the reader keeps receiving meanwhile).</summary>
+    public void Execute() => _owner.Dispatch(this);
 
     public Memory<byte> Payload => Buffer.AsMemory(0, (int)Length);
 

@@ -22,11 +22,11 @@ internal sealed class Cluster : IAsyncDisposable
 
     private Cluster(int leaseMs) => _leaseMs = leaseMs;
 
-    public static async Task<Cluster> StartAsync(int leaseMs = 10_000)
+    public static async Task<Cluster> StartAsync(int leaseMs = 10_000, bool addFilePool = true)
     {
         var c = new Cluster(leaseMs);
         await c.StartControllerAsync();
-        await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "pool0", Uri = "file://" + Path.Combine(c.Dir, "pool0.img"), SizeBytes = 256 << 20 });
+        if (addFilePool) await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "pool0", Uri = "file://" + Path.Combine(c.Dir, "pool0.img"), SizeBytes = 256 << 20 });
         return c;
     }
 
@@ -235,5 +235,93 @@ public class EndToEndTests
         Assert.Equal(Pattern.For(0, Seg, 2), back.AsSpan(0, Seg).ToArray());
         Assert.All(back.AsSpan(Seg, 2 * Seg).ToArray(), b => Assert.Equal(0, b));
         Assert.Equal(Pattern.For(3 * Seg, Seg, 2), back.AsSpan(3 * Seg).ToArray());
+    }
+
+    // Proves an nbd:// container served by qemu-nbd holds a disk's bytes: a write through the agent lands in qemu-nbd's backing file at the mapped location.
+    [Fact]
+    public async Task Nbd_container_served_by_qemu_nbd_stores_the_data()
+    {
+        await using var c = await Cluster.StartAsync(addFilePool: false);
+        string backing = Path.Combine(c.Dir, "remote.img");
+        Directory.CreateDirectory(c.Dir);
+        using (var f = File.Create(backing)) f.SetLength(32 << 20);
+        await using var qemu = await ExternalServer.StartAsync("qemu-nbd", port => $"-f raw -x pool -b 127.0.0.1 -p {port} --persistent --shared=8 -t {backing}");
+        var added = await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "remote", Uri = $"nbd://127.0.0.1:{qemu.Port}/pool" });
+        Assert.Equal((ulong)(32 << 20), added.SizeBytes);
+
+        await c.CreateDiskAsync("d1", 4 << 20, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        await using var nbd = await Cluster.OpenAsync(agent, "d1");
+        var data = Pattern.For(3 * Seg + 512, 8192, 8);
+        Assert.Equal(0u, await nbd.WriteAsync(3 * Seg + 512, data, fua: true));
+        var back = new byte[data.Length];
+        Assert.Equal(0u, await nbd.ReadAsync(3 * Seg + 512, back));
+        Assert.Equal(data, back);
+
+        var map = await c.Admin.GetDiskMapAsync(new DiskRef { Name = "d1" });
+        var range = map.Ranges.Single(r => r.FirstSegment <= 3 && r.FirstSegment + r.Count > 3 && r.ContainerId == added.Id);
+        long physical = ((long)range.FirstPhysicalSegment + (3 - (long)range.FirstSegment) * (Seg >> 16)) << 16;
+        var onDisk = new byte[data.Length];
+        using (var f = new FileStream(backing, FileMode.Open, FileAccess.Read, FileShare.ReadWrite))
+        {
+            f.Position = physical + 512;
+            f.ReadExactly(onDisk);
+        }
+        Assert.Equal(data, onDisk);
+    }
+}
+
+/// <summary>A third-party server process on a free loopback port, killed on dispose.</summary>
+internal sealed class ExternalServer : IAsyncDisposable
+{
+    private readonly System.Diagnostics.Process _process;
+    public int Port { get; }
+
+    private ExternalServer(System.Diagnostics.Process process, int port)
+    {
+        _process = process;
+        Port = port;
+    }
+
+    public static async Task<ExternalServer> StartAsync(string program, Func<int, string> arguments)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            int port = FreePort();
+            var psi = new System.Diagnostics.ProcessStartInfo(program, arguments(port)) { RedirectStandardError = true, RedirectStandardOutput = true };
+            System.Diagnostics.Process process;
+            try { process = System.Diagnostics.Process.Start(psi)!; }
+            catch (System.ComponentModel.Win32Exception e) { throw new InvalidOperationException($"{program} is not installed: run scripts/test.sh, which installs it", e); }
+            var deadline = DateTime.UtcNow + Cluster.Timeout;
+            while (DateTime.UtcNow < deadline && !process.HasExited)
+            {
+                try
+                {
+                    using var probe = new System.Net.Sockets.TcpClient();
+                    await probe.ConnectAsync(IPAddress.Loopback, port);
+                    return new ExternalServer(process, port);
+                }
+                catch (System.Net.Sockets.SocketException) { await Task.Delay(20); }
+            }
+            string err = process.HasExited ? await process.StandardError.ReadToEndAsync() : "";
+            if (!process.HasExited) process.Kill(true);
+            if (attempt >= 2) throw new InvalidOperationException($"{program} did not start listening: {err}");
+        }
+    }
+
+    private static int FreePort()
+    {
+        var l = new System.Net.Sockets.TcpListener(IPAddress.Loopback, 0);
+        l.Start();
+        int port = ((IPEndPoint)l.LocalEndpoint).Port;
+        l.Stop();
+        return port;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        if (!_process.HasExited) _process.Kill(true);
+        await _process.WaitForExitAsync();
+        _process.Dispose();
     }
 }

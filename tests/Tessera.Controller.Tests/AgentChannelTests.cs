@@ -22,7 +22,7 @@ public class AgentChannelTests
         await c.CreatePresentedDiskAsync("other", 8 * MiB, "h2");
 
         var agent = await c.ConnectAsync("h1");
-        Assert.Equal(10_000u, agent.Registered.LeaseMs);
+        Assert.Equal((uint)c.LeaseMs, agent.Registered.LeaseMs);
         Assert.True(agent.Registered.ControllerEpoch >= 1);
 
         var first = (await agent.NextAsync()).Command;
@@ -97,7 +97,7 @@ public class AgentChannelTests
         Assert.Equal(0, entry.PhysicalIndex % 16); // 1 MiB segment = 16 units, aligned
 
         var bytes = await File.ReadAllBytesAsync(new Uri(container.Uri).LocalPath);
-        Assert.All(bytes.AsSpan((int)entry.ContainerOffset, (int)MiB).ToArray(), b => Assert.Equal(0, b));
+        Assert.Equal(-1, bytes.AsSpan((int)entry.ContainerOffset, (int)MiB).IndexOfAnyExcept((byte)0));
         int outside = entry.ContainerOffset == 0 ? (int)MiB : 0;
         Assert.Equal(0xAB, bytes[outside]); // only the new segment was zeroed
 
@@ -285,5 +285,162 @@ public class AgentChannelTests
         await release.WaitAsync(TestCluster.Timeout);
         Assert.Equal(0ul, (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes);
         Assert.Equal(0ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments);
+    }
+
+    [Fact]
+    public async Task Concurrent_write_faults_on_one_segment_from_two_hosts_allocate_it_once()
+    {
+        // Proves faults of one disk are serialised: the second writer gets the first writer's location, not a new one.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b = await c.ConnectAsync("b");
+        var fromA = a.FaultAndWaitAsync(disk.Id, 4, true);
+        var fromB = b.FaultAndWaitAsync(disk.Id, 4, true);
+        var (ra, rb) = (await fromA, await fromB);
+        Assert.Equal(ra.Entries[4], rb.Entries[4]);
+        Assert.True(new MapEntry(ra.Entries[4]).HasLocation);
+        Assert.Equal(1ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "shared" })).AllocatedSegments);
+    }
+
+    [Fact]
+    public async Task A_holder_that_heartbeats_but_never_replies_is_fenced_and_no_longer_acknowledged()
+    {
+        // Proves a live-but-stuck agent cannot hold up writers forever: after one lease without a reply its session
+        // is closed, its heartbeats stop being acknowledged, and the writer proceeds once that lease ran out.
+        const int leaseMs = 1000;
+        await using var c = await TestCluster.StartAsync(leaseMs);
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b = await c.ConnectAsync("b", autoReply: false);
+        await b.ReplyAsync((await b.NextAsync(m => m.Command?.CreateTable is not null)).Command);
+
+        using var stop = new CancellationTokenSource();
+        var keepAlive = Task.Run(async () =>
+        {
+            for (ulong seq = 1; !stop.IsCancellationRequested; seq++)
+            {
+                try
+                {
+                    await b.SendAsync(new AgentMessage { Heartbeat = new Heartbeat { Sequence = seq } });
+                    await Task.Delay(leaseMs / 10, stop.Token);
+                }
+                catch (Exception) { return; }
+            }
+        });
+
+        var sw = Stopwatch.StartNew();
+        var r = await a.FaultAndWaitAsync(disk.Id, 0, true);
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.True(sw.Elapsed >= TimeSpan.FromMilliseconds(leaseMs - 100), $"answered after {sw.Elapsed}, B was still live");
+        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(3 * leaseMs + 5000), $"answered after {sw.Elapsed}");
+        await b.Ended.Task.WaitAsync(TestCluster.Timeout); // the controller closed B's stream
+        Assert.NotNull(await b.NextAsync(m => m.Command?.SetEntries is not null)); // B was asked first
+        stop.Cancel();
+        await keepAlive;
+    }
+
+    [Fact]
+    public async Task A_read_only_host_gets_NoWrite_entries_and_its_write_faults_are_refused()
+    {
+        // Proves a read-only presentation can read mapped data but can neither allocate nor write.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.Admin.CreateDiskAsync(new CreateDiskRequest { Name = "d", SizeBytes = (ulong)(8 * MiB) });
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "d", Host = "rw" });
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "d", Host = "ro", ReadOnly = true });
+        var rw = await c.ConnectAsync("rw");
+        var ro = await c.ConnectAsync("ro");
+
+        var written = await rw.FaultAndWaitAsync(disk.Id, 1, true);
+        var mapped = new MapEntry(written.Entries[1]);
+        var push = (await ro.NextAsync(m => m.Command?.SetEntries is not null)).Command;
+        Assert.Equal(mapped.WithStates(EntryStates.NoWrite, EntryStates.None).Raw, push.SetEntries.Entries.Single());
+
+        var read = await ro.FaultAndWaitAsync(disk.Id, 1, false);
+        Assert.Equal(EntryStates.NoWrite, new MapEntry(read.Entries[1]).States);
+        Assert.Equal(mapped.PhysicalIndex, new MapEntry(read.Entries[1]).PhysicalIndex);
+        var write = await ro.FaultAndWaitAsync(disk.Id, 2, true);
+        Assert.Equal(FaultOutcome.Fail, write.Outcome);
+        Assert.Equal((uint)IoStatus.NotPermitted, write.Status);
+        Assert.Equal(1ul, (await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments);
+    }
+
+    [Fact]
+    public async Task A_zeroing_fault_returns_whole_segments_to_Zero_and_frees_their_space()
+    {
+        // Proves WRITE_ZEROES/TRIM of whole segments becomes a table change: Zero everywhere (blocking), space freed.
+        await using var c = await TestCluster.StartAsync();
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("d", 8 * MiB, "h1");
+        var agent = await c.ConnectAsync("h1");
+        await agent.FaultAndWaitAsync(disk.Id, 2, true);
+        await agent.FaultAndWaitAsync(disk.Id, 3, true);
+
+        await agent.SendAsync(new AgentMessage { Fault = new MapFault { FaultId = 1000, DiskId = disk.Id, Segment = 2, Write = true, Zero = true, Count = 2 } });
+        var zero = (await agent.NextAsync(m => m.Command?.SetEntries is not null)).Command;
+        Assert.True(zero.Blocking);
+        var r = (await agent.NextAsync(m => m.FaultResponse?.FaultId == 1000)).FaultResponse;
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.Equal(MapEntry.Zero.Raw, r.Entries[2]);
+        Assert.Equal(MapEntry.Zero.Raw, r.Entries[3]);
+        Assert.Equal(0ul, (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes);
+    }
+
+    [Fact]
+    public async Task After_a_controller_restart_writes_wait_one_lease_for_presented_hosts_that_have_not_registered()
+    {
+        // Proves a restarted controller does not forget holders it never saw: host b may still serve reads from a
+        // table the previous controller gave it, so a's first write waits until b's old lease surely lapsed.
+        const int leaseMs = 3000;
+        await using var c = await TestCluster.StartAsync(leaseMs);
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        await c.CreatePresentedDiskAsync("alone", 8 * MiB, "a");
+        var alone = await c.Admin.GetDiskAsync(new DiskRef { Name = "alone" });
+
+        var sinceRestart = Stopwatch.StartNew();
+        await c.RestartAsync();
+        var a = await c.ConnectAsync("a");
+        var quick = await a.FaultAndWaitAsync(alone.Id, 0, true); // only a holds "alone": no wait
+        Assert.Equal(FaultOutcome.Retry, quick.Outcome);
+        Assert.True(sinceRestart.Elapsed < TimeSpan.FromMilliseconds(leaseMs), $"a disk only a holds waited {sinceRestart.Elapsed}");
+
+        var r = await a.FaultAndWaitAsync(disk.Id, 0, true);
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.True(sinceRestart.Elapsed >= TimeSpan.FromMilliseconds(leaseMs - 100), $"answered {sinceRestart.Elapsed} after the restart, before b's old lease lapsed");
+    }
+
+    [Fact]
+    public async Task A_reconnect_of_the_same_agent_process_is_not_waited_out_but_a_new_incarnation_is()
+    {
+        // Proves the old session of a host stops holding a disk once the same incarnation re-registered and got
+        // the disk's table again, while a restarted agent's (new incarnation) old session is waited for one lease.
+        const int leaseMs = 2500;
+        await using var c = await TestCluster.StartAsync(leaseMs);
+        await c.AddGarbageContainerAsync("c1", 8 * MiB);
+        var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
+        var a = await c.ConnectAsync("a");
+        var b1 = await c.ConnectAsync("b");
+        var b2 = await c.ConnectAsync("b", incarnation: b1.Incarnation); // same process, new stream
+        await b1.Ended.Task.WaitAsync(TestCluster.Timeout);
+
+        var sw = Stopwatch.StartNew();
+        var r = await a.FaultAndWaitAsync(disk.Id, 0, true);
+        Assert.Equal(FaultOutcome.Retry, r.Outcome);
+        Assert.True(sw.Elapsed < TimeSpan.FromMilliseconds(leaseMs - 500), $"same-incarnation reconnect was waited out ({sw.Elapsed})");
+        Assert.NotNull(await b2.NextAsync(m => m.Command?.SetEntries is not null));
+
+        await b2.SendAsync(new AgentMessage { Heartbeat = new Heartbeat { Sequence = 1 } });
+        await b2.NextAsync(m => m.HeartbeatAck is not null); // b2's lease now runs a full lease from here
+        sw.Restart();
+        var b3 = await c.ConnectAsync("b"); // the agent restarted: the old process may still serve I/O
+        await b2.Ended.Task.WaitAsync(TestCluster.Timeout);
+        var r2 = await a.FaultAndWaitAsync(disk.Id, 1, true);
+        Assert.Equal(FaultOutcome.Retry, r2.Outcome);
+        Assert.True(sw.Elapsed >= TimeSpan.FromMilliseconds(leaseMs / 2), $"new incarnation's predecessor was not waited for ({sw.Elapsed})");
+        Assert.NotNull(await b3.NextAsync(m => m.Command?.SetEntries is not null));
     }
 }

@@ -26,7 +26,8 @@ public sealed class TestCluster : IAsyncDisposable
     public ControllerHost Host { get; private set; } = null!;
     public Tessera.Core.Protocol.Admin.AdminClient Admin { get; private set; } = null!;
 
-    public static async Task<TestCluster> StartAsync(int leaseMs = 10_000, string? dir = null)
+    /// <summary>Fake agents do not heartbeat unless a test makes them; the long default lease keeps a slow machine from fencing them.</summary>
+    public static async Task<TestCluster> StartAsync(int leaseMs = 30_000, string? dir = null)
     {
         dir ??= Path.Combine(Path.GetTempPath(), "tessera-ctrl-" + Guid.NewGuid().ToString("N"));
         var cluster = new TestCluster(dir, leaseMs);
@@ -58,9 +59,9 @@ public sealed class TestCluster : IAsyncDisposable
         await Host.StopAsync();
     }
 
-    public async Task<FakeAgent> ConnectAsync(string host, bool autoReply = true)
+    public async Task<FakeAgent> ConnectAsync(string host, bool autoReply = true, ulong? incarnation = null)
     {
-        var agent = new FakeAgent(GrpcChannel.ForAddress(Host.Url), host, autoReply);
+        var agent = new FakeAgent(GrpcChannel.ForAddress(Host.Url), host, autoReply, incarnation);
         _agents.Add(agent);
         await agent.RegisterAsync();
         return agent;
@@ -104,8 +105,9 @@ public sealed class FakeAgent : IAsyncDisposable
     private readonly Task _reader;
     private long _nextFaultId;
 
-    public FakeAgent(GrpcChannel channel, string host, bool autoReply)
+    public FakeAgent(GrpcChannel channel, string host, bool autoReply, ulong? incarnation = null)
     {
+        Incarnation = incarnation ?? (ulong)Random.Shared.NextInt64();
         _channel = channel;
         Host = host;
         AutoReply = autoReply;
@@ -114,6 +116,7 @@ public sealed class FakeAgent : IAsyncDisposable
     }
 
     public string Host { get; }
+    public ulong Incarnation { get; }
     public bool AutoReply { get; set; }
     public Registered Registered { get; private set; } = null!;
     /// <summary>Completes with the status the stream ended with.</summary>
@@ -144,7 +147,7 @@ public sealed class FakeAgent : IAsyncDisposable
 
     public async Task RegisterAsync()
     {
-        await SendAsync(new AgentMessage { Register = new Register { Host = Host, Incarnation = (ulong)Random.Shared.NextInt64(), NbdAddress = "127.0.0.1:10809" } });
+        await SendAsync(new AgentMessage { Register = new Register { Host = Host, Incarnation = Incarnation, NbdAddress = "127.0.0.1:10809" } });
         var m = await NextAsync();
         Assert.Equal(ControllerMessage.BodyOneofCase.Registered, m.BodyCase);
         Registered = m.Registered;

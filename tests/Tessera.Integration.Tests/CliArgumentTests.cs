@@ -143,6 +143,29 @@ public sealed class CliArgumentTests
     }
 
     [Fact]
+    public async Task ListenPortInUse_IsExitCode4WithOneLine()
+    {
+        // A controller that cannot bind its port ends with exit 4 and one error line, with no stack trace on stderr.
+        using var dir = new TempDir();
+        var holder = new System.Net.Sockets.TcpListener(System.Net.IPAddress.Loopback, 0);
+        holder.Start();
+        try
+        {
+            var port = ((System.Net.IPEndPoint)holder.LocalEndpoint).Port;
+            var result = await TesseraProcess.RunAsync("controller", "--data", dir.Combine("c"), "--listen", $"127.0.0.1:{port}");
+            Assert.True(result.ExitCode == 4, $"expected exit 4: {result}");
+            var lines = result.Stderr.Split('\n', StringSplitOptions.RemoveEmptyEntries);
+            Assert.True(lines.Length == 1 && lines[0].StartsWith("tessera: error: "), $"expected one error line: {result}");
+            Assert.Contains($"127.0.0.1:{port}", lines[0]);
+            Assert.DoesNotContain("   at ", result.All);
+        }
+        finally
+        {
+            holder.Stop();
+        }
+    }
+
+    [Fact]
     public async Task Help_ListsEveryVerb()
     {
         // --help succeeds and names every verb group of issue 2.

@@ -111,14 +111,40 @@ public sealed class ClusterTests(ClusterFixture cluster) : IClassFixture<Cluster
     public async Task ReadOnlyPresentation_RefusesWrites()
     {
         // A read-only presentation is served read-only: reads work, a write fails with a permission error and changes nothing.
+        // (qemu-io, seeing NBD_FLAG_READ_ONLY, refuses to open the export read-write: "Permission denied".)
         var info = await Tools.RunOkAsync("nbdinfo", "--json", Uri(cluster.H2Port, "ro2"));
         Assert.True(JsonDocument.Parse(info.Stdout).RootElement.GetProperty("exports")[0].GetProperty("is_read_only").GetBoolean());
-        await Tools.QemuIoOkAsync(Uri(cluster.H2Port, "ro2"), "read -P 0 0 65536");
+        await Tools.QemuIoOkAsync(Uri(cluster.H2Port, "ro2"), readOnly: true, "read -P 0 0 65536");
 
         var write = await Tools.QemuIoAsync(Uri(cluster.H2Port, "ro2"), "write -P 0x11 0 4096");
         Assert.True(write.ExitCode != 0, $"a write to a read-only presentation must fail: {write}");
         Assert.Matches("(?i)permission denied|operation not permitted|read-only", write.All);
-        await Tools.QemuIoOkAsync(Uri(cluster.H2Port, "ro2"), "read -P 0 0 4096");
+        await Tools.QemuIoOkAsync(Uri(cluster.H2Port, "ro2"), readOnly: true, "read -P 0 0 4096");
+    }
+
+    [Fact]
+    public async Task ReadOnlyPresentation_ServerRefusesWritesWithEperm()
+    {
+        // A client that ignores the read-only flag and sends NBD_CMD_WRITE anyway gets EPERM from the agent, and the data stays zero.
+        using var dir = new TempDir();
+        var script = dir.Combine("write.py");
+        await File.WriteAllTextAsync(script, """
+            import errno, sys, nbd
+            h = nbd.NBD()
+            h.set_strict_mode(0)  # let libnbd send the write although the export is read-only
+            h.connect_uri(sys.argv[1])
+            try:
+                h.pwrite(b"\x11" * 4096, 8192)
+            except nbd.Error as e:
+                print(f"refused: {e.errno} {e.string}")
+                sys.exit(0 if e.errno in (errno.EPERM, "EPERM") else 2)
+            print("write accepted")
+            sys.exit(1)
+            """);
+        Tools.Require("nbdinfo");
+        var result = await Tools.RunAsync("/usr/bin/python3", script, Uri(cluster.H2Port, "ro2"));
+        Assert.True(result.ExitCode == 0, $"the agent must refuse a write to a read-only presentation with EPERM: {result}");
+        await Tools.QemuIoOkAsync(Uri(cluster.H2Port, "ro2"), readOnly: true, "read -P 0 8192 4096");
     }
 
     [Fact]

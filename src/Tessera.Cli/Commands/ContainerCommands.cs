@@ -13,7 +13,7 @@ public static class ContainerCommands
     {
         var controller = Arguments.ControllerOption();
         var name = new Argument<string>("NAME") { Description = "Container name" };
-        var uri = new Argument<string>("URI") { Description = "file:///absolute/path (a file or a block device)" };
+        var uri = new Argument<string>("URI") { Description = "file:///absolute/path (a file or a block device), nbd://host:port/export or nbd+unix:///export?socket=/path" };
         var size = Arguments.SizeOption("--size", "For file:// URIs: create the file sparse with this size when it does not exist");
 
         var add = new Command("add", "Add a storage container to the pool") { name, uri, size, controller, Output.JsonOption };

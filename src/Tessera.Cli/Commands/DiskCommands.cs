@@ -88,7 +88,7 @@ public static class DiskCommands
                 ("segments", $"{disk.SegmentCount} of {Format.Size(disk.SegmentSizeBytes)}"),
                 ("allocated", $"{Format.Size(disk.AllocatedBytes)} ({disk.AllocatedSegments} segments)"),
                 ("presented to", Format.Presentations(disk.Presentations)),
-                ("created", Format.OrDash(disk.CreatedAt)),
+                ("created", Format.Time(disk.CreatedAt)),
             ]);
             return ExitCodes.Ok;
         });

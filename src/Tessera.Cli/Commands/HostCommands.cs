@@ -24,7 +24,7 @@ public static class HostCommands
                 reply.Hosts.Select(h => new[]
                 {
                     h.Host, Format.OrDash(h.NbdAddress), h.Incarnation.ToString(), h.Connected ? "yes" : "no",
-                    Format.OrDash(h.LeaseExpiresAt), Format.OrDash(h.LastHeartbeatAt), h.Disks.Count == 0 ? "-" : string.Join(", ", h.Disks),
+                    Format.Time(h.LeaseExpiresAt), Format.Time(h.LastHeartbeatAt), h.Disks.Count == 0 ? "-" : string.Join(", ", h.Disks),
                 }),
                 "no hosts (start one with: tessera agent --controller URL --host NAME)");
             return ExitCodes.Ok;

@@ -121,7 +121,9 @@ public static class RoleCommands
     {
         var inner = e;
         while (inner.InnerException is not null) inner = inner.InnerException;
-        var text = ReferenceEquals(inner, e) || inner.Message == e.Message ? e.Message : $"{e.Message}: {inner.Message}";
+        var outer = e.Message.TrimEnd('.');
+        var text = ReferenceEquals(inner, e) || outer.Contains(inner.Message.TrimEnd('.'), StringComparison.OrdinalIgnoreCase)
+            ? outer : $"{outer}: {inner.Message}";
         return AdminConnection.OneLine(text);
     }
 }

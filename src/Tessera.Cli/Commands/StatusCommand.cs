@@ -25,7 +25,7 @@ public static class StatusCommand
                 ("controller", admin.Url),
                 ("version", Format.OrDash(s.Version)),
                 ("epoch", s.ControllerEpoch.ToString()),
-                ("started", Format.OrDash(s.StartedAt)),
+                ("started", Format.Time(s.StartedAt)),
                 ("data", Format.OrDash(s.DataDir)),
                 ("containers", s.Containers.ToString()),
                 ("pool", $"{Format.Size(s.PoolUsedBytes)} used of {Format.Size(s.PoolSizeBytes)}"),

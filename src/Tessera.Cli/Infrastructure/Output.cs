@@ -1,4 +1,5 @@
 using System.CommandLine;
+using System.Text.Encodings.Web;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Spectre.Console;
@@ -18,6 +19,7 @@ public static class Output
         WriteIndented = true,
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower,
         DefaultIgnoreCondition = JsonIgnoreCondition.Never,
+        Encoder = JavaScriptEncoder.UnsafeRelaxedJsonEscaping, // "+00:00", not "\u002B00:00"; output is not embedded in HTML
     };
 
     private static readonly Lazy<IAnsiConsole> Terminal = new(() =>
@@ -26,8 +28,6 @@ public static class Output
         if (Console.IsOutputRedirected) console.Profile.Width = 200;
         return console;
     });
-
-    public static IAnsiConsole Console_ => Terminal.Value;
 
     public static bool WantsJson(ParseResult parseResult) => parseResult.GetValue(JsonOption);
 

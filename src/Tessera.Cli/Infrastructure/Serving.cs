@@ -37,6 +37,12 @@ public static class Serving
     public static ILoggerFactory CreateLoggerFactory(LogLevel level) => LoggerFactory.Create(builder =>
     {
         builder.SetMinimumLevel(level);
+        // ASP.NET Core logs every gRPC call at Information; only its warnings matter to an operator.
+        builder.AddFilter("Microsoft", (LogLevel)Math.Max((int)level, (int)LogLevel.Warning));
+        builder.AddFilter("Grpc", (LogLevel)Math.Max((int)level, (int)LogLevel.Warning));
+        // A start failure (e.g. port in use) is reported once, as the CLI's one error line; the generic host
+        // would log it again with a stack trace.
+        if (level >= LogLevel.Information) builder.AddFilter("Microsoft.Extensions.Hosting", LogLevel.None);
         builder.AddSimpleConsole(o =>
         {
             o.SingleLine = true;

@@ -60,4 +60,10 @@ public static class Format
     }
 
     public static string OrDash(string? text) => string.IsNullOrEmpty(text) ? "-" : text;
+
+    /// <summary>An ISO-8601 timestamp from the controller, shortened to the second for tables (JSON keeps it whole).</summary>
+    public static string Time(string? text) =>
+        DateTimeOffset.TryParse(text, System.Globalization.CultureInfo.InvariantCulture, System.Globalization.DateTimeStyles.None, out var t)
+            ? t.ToString("yyyy-MM-dd HH:mm:ssK", System.Globalization.CultureInfo.InvariantCulture)
+            : OrDash(text);
 }

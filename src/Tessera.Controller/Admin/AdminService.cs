@@ -67,9 +67,9 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
         {
             sizeBytes = ContainerRegistry.Shared.Open(request.Uri).SizeBytes;
         }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException)
+        catch (Exception e) when (e is not OperationCanceledException) // any opener (file, NBD client) may fail its own way
         {
-            throw Error(StatusCode.FailedPrecondition, $"cannot open {request.Uri}: {e.Message}");
+            throw Error(StatusCode.FailedPrecondition, $"cannot open {request.Uri}: {e.Message.ReplaceLineEndings(" ")}");
         }
         if (sizeBytes < MapEntry.PhysicalUnitBytes)
         {

@@ -67,6 +67,7 @@ public sealed partial class AgentChannelService : AgentChannel.AgentChannelBase
             foreach (var p in _core.Store.ListPresentations(host: session.Host))
                 if (_core.Store.GetDisk(p.DiskId) is { } disk)
                     _ = _core.Coordinator.SendCreateTable(session, disk, p.ReadOnly);
+            _core.Sessions.MarkTablesSent(session.Host);
 
             while (await requestStream.MoveNext(linked.Token).ConfigureAwait(false))
             {
@@ -102,6 +103,16 @@ public sealed partial class AgentChannelService : AgentChannel.AgentChannelBase
             session.Close(session.CloseReason ?? "stream ended");
             _core.Sessions.Remove(session);
             await writer.ConfigureAwait(false);
+            // last_seen is written at registration and here, not per heartbeat: one write a second per agent is waste.
+            try
+            {
+                if (_core.Sessions.Get(session.Host) is null) // a newer session of the host owns the row otherwise
+                    _core.Store.UpsertAgent(session.Host, session.Incarnation, session.NbdAddress, session.LastHeartbeatAt.ToString("O"));
+            }
+            catch (Exception e) when (e is Microsoft.Data.Sqlite.SqliteException or ObjectDisposedException or InvalidOperationException)
+            {
+                // the store is closing with the controller; the row from registration stays
+            }
             LogClosed(_log, session.Host, session.Incarnation, session.CloseReason ?? "");
         }
         if (session.CloseReason is { } reason && reason.StartsWith("replaced", StringComparison.Ordinal))

@@ -11,7 +11,24 @@ public sealed class SessionRegistry
 
     private readonly Dictionary<string, AgentSession> _open = new(StringComparer.Ordinal);
     private readonly List<AgentSession> _lapsing = new();
+    private readonly HashSet<string> _tablesSent = new(StringComparer.Ordinal);
     private readonly object _lock = new();
+
+    /// <summary>Notes that a session of <paramref name="host"/> was sent CreateTable for every disk presented to it.</summary>
+    public void MarkTablesSent(string host)
+    {
+        lock (_lock)
+            if (_tablesSent.Count < 4 * MaxSessions) _tablesSent.Add(host); // past the bound: treated as unknown, which only waits longer
+    }
+
+    /// <summary>
+    /// True once a session of <paramref name="host"/> registered with this controller process and was sent its
+    /// tables: from then on whatever the host held from before (under a previous controller) is replaced.
+    /// </summary>
+    public bool TablesSent(string host)
+    {
+        lock (_lock) return _tablesSent.Contains(host);
+    }
 
     /// <summary>Adds a session, closing any older session of the same host. False when too many hosts are connected.</summary>
     public bool TryAdd(AgentSession session)
@@ -66,10 +83,21 @@ public sealed class SessionRegistry
             foreach (var s in _open.Values)
                 if (s.HasTable(diskId) && (host is null || s.Host == host)) list.Add(s);
             foreach (var s in _lapsing)
-                if (s.HasTable(diskId) && (host is null || s.Host == host)) list.Add(s);
+                if (s.HasTable(diskId) && (host is null || s.Host == host) && !Subsumed(s, diskId)) list.Add(s);
             return list;
         }
     }
+
+    /// <summary>
+    /// A closed session is no longer a holder of a disk once the same agent process (same host and incarnation)
+    /// has an open session that was sent CreateTable for that disk: the agent replaced its one table for the disk
+    /// with the new session's before it reads anything else from the new stream, so everything pushed to the new
+    /// session reaches every table that process has. A different incarnation gets no such credit: the old process
+    /// may still be running until its lease lapses.
+    /// </summary>
+    private bool Subsumed(AgentSession closed, ulong diskId) =>
+        _open.TryGetValue(closed.Host, out var current) && !current.IsClosed
+        && current.Incarnation == closed.Incarnation && current.HasTable(diskId);
 
     public void CloseAll(string reason)
     {

@@ -21,11 +21,18 @@
 // re-registered) is such a closed session too. The argument assumes clocks whose rates agree to well within a
 // lease, not synchronised clocks: only durations measured on one machine are compared.
 //
+// Controller restarts: a previous controller process acknowledged heartbeats up to the moment it ended, which is
+// no later than this process's start. So for one lease after start, a host to which a disk is presented may still
+// serve I/O from a table that this process never saw, unless it has registered here (registration replaces its
+// tables with all-Invalid ones, queued before anything else). Changes that need every holder therefore also wait,
+// during that first lease, for presented hosts that have not registered yet (UnregisteredHolderGrace).
+//
 // Ordering: every change to one disk's map, and every fault on it, runs under that disk's lock, and fault
 // responses and commands are enqueued on each agent's single ordered send queue while the lock is held. An agent
 // therefore sees a disk's changes in the order the store made them.
 
 using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
 using Microsoft.Extensions.Logging;
 using Tessera.Controller.Agents;
 using Tessera.Controller.Allocation;
@@ -49,6 +56,12 @@ public sealed partial class DiskCoordinator
     /// <summary>Faults an agent may have outstanding before more are refused (it coalesces per segment, so this is generous).</summary>
     public const int MaxOutstandingFaultsPerSession = 4096;
 
+    private static readonly Meter s_meter = new("Tessera.Controller");
+    private static readonly Counter<long> s_faults = s_meter.CreateCounter<long>("tessera.controller.faults", description: "map faults received");
+    private static readonly Counter<long> s_allocations = s_meter.CreateCounter<long>("tessera.controller.allocations", description: "segments allocated by thin provisioning");
+    private static readonly Counter<long> s_noSpace = s_meter.CreateCounter<long>("tessera.controller.no_space", description: "write faults refused because the pool is full");
+    private static readonly Counter<long> s_fenced = s_meter.CreateCounter<long>("tessera.controller.fenced", description: "agents that did not acknowledge a change and were waited out");
+
     private readonly ControllerStore _store;
     private readonly SpacePool _pool;
     private readonly SessionRegistry _sessions;
@@ -57,8 +70,15 @@ public sealed partial class DiskCoordinator
     private readonly ConcurrentDictionary<ulong, SemaphoreSlim> _diskLocks = new();
     private readonly ConcurrentDictionary<AgentSession, int> _outstanding = new();
 
-    public DiskCoordinator(ControllerStore store, SpacePool pool, SessionRegistry sessions, ILogger logger, CancellationToken stopping)
+    private readonly TimeProvider _time;
+    private readonly TimeSpan _lease;
+    private readonly long _startedTimestamp;
+
+    public DiskCoordinator(ControllerStore store, SpacePool pool, SessionRegistry sessions, ILogger logger, CancellationToken stopping, TimeProvider time, TimeSpan lease)
     {
+        _time = time;
+        _lease = lease;
+        _startedTimestamp = time.GetTimestamp();
         _store = store;
         _pool = pool;
         _sessions = sessions;
@@ -91,6 +111,7 @@ public sealed partial class DiskCoordinator
     /// </summary>
     public void OnFault(AgentSession session, MapFault fault)
     {
+        s_faults.Add(1);
         int n = _outstanding.AddOrUpdate(session, 1, (_, v) => v + 1);
         if (n > MaxOutstandingFaultsPerSession)
         {
@@ -168,25 +189,34 @@ public sealed partial class DiskCoordinator
     {
         int units = disk.UnitsPerSegment;
         if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit))
+        {
+            s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
+        }
 
         var entry = MapEntry.Mapped(containerId, firstUnit);
         var container = _store.ListContainers().First(c => c.Id == containerId);
         var status = IoStatus.IoError;
+        bool persisted = false;
         try
         {
             // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably.
             var storage = ContainerRegistry.Shared.Open(container.Uri);
             status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
             if (status == IoStatus.Ok) status = await storage.FlushAsync(_stopping).ConfigureAwait(false);
-            if (status == IoStatus.Ok) _store.SetEntries(disk.Id, [(segment, entry)]);
+            if (status == IoStatus.Ok)
+            {
+                _store.SetEntries(disk.Id, [(segment, entry)]);
+                persisted = true;
+            }
         }
         finally
         {
-            if (status != IoStatus.Ok) _pool.Free(containerId, firstUnit, units);
+            if (!persisted) _pool.Free(containerId, firstUnit, units);
         }
         if (status != IoStatus.Ok) return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
 
+        s_allocations.Add(1);
         LogAllocated(_log, disk.Name, segment, entry.ToString());
         await PushAsync(disk.Id, segment, 1, entry, blocking: false, except: session).ConfigureAwait(false);
         return Retry(fault, disk, segment, false);
@@ -208,6 +238,7 @@ public sealed partial class DiskCoordinator
     /// </summary>
     public async Task PushAsync(ulong diskId, long first, long count, MapEntry entry, bool blocking, AgentSession? except)
     {
+        var unregistered = WaitAsync(UnregisteredHolderGrace(diskId, host: null));
         var holders = _sessions.Holding(diskId);
         var waits = new List<Task<AckOutcome>>(holders.Count);
         var names = new List<string>(holders.Count);
@@ -225,9 +256,36 @@ public sealed partial class DiskCoordinator
             names.Add(holder.Host);
         }
         var outcomes = await Task.WhenAll(waits).ConfigureAwait(false);
+        await unregistered.ConfigureAwait(false);
         for (int i = 0; i < outcomes.Length; i++)
-            if (outcomes[i] == AckOutcome.Fenced) LogFenced(_log, names[i], diskId);
+            if (outcomes[i] == AckOutcome.Fenced)
+            {
+                s_fenced.Add(1);
+                LogFenced(_log, names[i], diskId);
+            }
     }
+
+    /// <summary>
+    /// During the first lease after this controller started: how long to wait for that lease to end, because a host
+    /// to which the disk is presented has not registered here yet and may still serve I/O from a previous
+    /// controller's table. Zero otherwise.
+    /// </summary>
+    private TimeSpan UnregisteredHolderGrace(ulong diskId, string? host)
+    {
+        var remaining = _lease - _time.GetElapsedTime(_startedTimestamp);
+        if (remaining <= TimeSpan.Zero) return TimeSpan.Zero;
+        foreach (var p in _store.ListPresentations(diskId))
+        {
+            if ((host is null || p.Host == host) && !_sessions.TablesSent(p.Host))
+            {
+                LogWaitingForUnregistered(_log, p.Host, diskId, (long)remaining.TotalMilliseconds);
+                return remaining;
+            }
+        }
+        return TimeSpan.Zero;
+    }
+
+    private Task WaitAsync(TimeSpan delay) => delay <= TimeSpan.Zero ? Task.CompletedTask : Task.Delay(delay, _time, _stopping);
 
     /// <summary>
     /// Seam for WRITE_ZEROES/TRIM of whole segments: returns them to Zero and frees their space. Persist first,
@@ -292,7 +350,9 @@ public sealed partial class DiskCoordinator
     public async Task<bool> UnpresentAsync(DiskRow disk, string host)
     {
         using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
+        var grace = UnregisteredHolderGrace(disk.Id, host); // before the presentation row goes
         if (!_store.RemovePresentation(disk.Id, host)) return false;
+        var unregistered = WaitAsync(grace);
         var waits = new List<Task<AckOutcome>>();
         foreach (var holder in _sessions.Holding(disk.Id, host))
         {
@@ -300,6 +360,7 @@ public sealed partial class DiskCoordinator
             holder.RemoveTable(disk.Id);
         }
         await Task.WhenAll(waits).ConfigureAwait(false);
+        await unregistered.ConfigureAwait(false);
         return true;
     }
 
@@ -342,6 +403,9 @@ public sealed partial class DiskCoordinator
 
     [LoggerMessage(EventId = 201, Level = LogLevel.Debug, Message = "disk {Disk} segment {Segment} allocated at {Location}")]
     private static partial void LogAllocated(ILogger logger, string disk, long segment, string location);
+
+    [LoggerMessage(EventId = 203, Level = LogLevel.Information, Message = "host {Host} has not registered since this controller started; a change of disk {DiskId} waits {RemainingMs} ms for its old lease to lapse")]
+    private static partial void LogWaitingForUnregistered(ILogger logger, string host, ulong diskId, long remainingMs);
 
     [LoggerMessage(EventId = 202, Level = LogLevel.Warning, Message = "agent {Host} did not acknowledge a change of disk {DiskId}; proceeding after its lease lapsed")]
     private static partial void LogFenced(ILogger logger, string host, ulong diskId);

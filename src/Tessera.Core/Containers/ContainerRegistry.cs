@@ -45,9 +45,24 @@ public sealed class ContainerRegistry : IDisposable
         }
     }
 
+    private static readonly Dictionary<string, Func<string, IStorageContainer>> SchemeOpeners = new(StringComparer.OrdinalIgnoreCase);
+
+    /// <summary>
+    /// Teaches every registry to open another URI scheme (the NBD project registers <c>nbd://</c>; the core
+    /// cannot reference it). Hosts call the registering method at start.
+    /// </summary>
+    public static void RegisterScheme(string scheme, Func<string, IStorageContainer> opener)
+    {
+        lock (SchemeOpeners) SchemeOpeners[scheme] = opener;
+    }
+
     private static IStorageContainer OpenReal(string uri)
     {
         if (!ContainerUri.TryValidate(uri, out var error)) throw new ArgumentException(error, nameof(uri));
-        return FileContainer.Open(uri);
+        var scheme = uri[..uri.IndexOf(':')];
+        if (scheme.Equals("file", StringComparison.OrdinalIgnoreCase)) return FileContainer.Open(uri);
+        Func<string, IStorageContainer>? opener;
+        lock (SchemeOpeners) SchemeOpeners.TryGetValue(scheme, out opener);
+        return opener is null ? throw new ArgumentException($"no opener registered for {scheme}:// containers", nameof(uri)) : opener(uri);
     }
 }

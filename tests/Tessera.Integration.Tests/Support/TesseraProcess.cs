@@ -125,8 +125,12 @@ public sealed class TesseraProcess : IAsyncDisposable
         return await WaitForExitAsync(timeout);
     }
 
+    private bool _disposed;
+
     public async ValueTask DisposeAsync()
     {
+        if (_disposed) return;
+        _disposed = true;
         try
         {
             if (!_process.HasExited)

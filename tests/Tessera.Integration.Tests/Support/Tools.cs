@@ -10,6 +10,11 @@ public static class Tools
     /// <summary>Fails the test (never skips it) when a tool is missing.</summary>
     public static string Require(string tool)
     {
+        if (Path.IsPathFullyQualified(tool))
+        {
+            if (File.Exists(tool)) return tool;
+            Assert.Fail($"{tool} is not installed: run scripts/test.sh, which installs qemu-utils, nbdkit, libnbd-bin, python3-libnbd and fio");
+        }
         foreach (var dir in (Environment.GetEnvironmentVariable("PATH") ?? "").Split(':', StringSplitOptions.RemoveEmptyEntries))
         {
             var path = Path.Combine(dir, tool);
@@ -55,17 +60,23 @@ public static class Tools
     }
 
     /// <summary>qemu-io against an NBD URI with one or more -c commands; qemu-io exits non-zero when a command fails (e.g. a pattern mismatch).</summary>
-    public static Task<ProcessResult> QemuIoAsync(string uri, params string[] commands)
+    public static Task<ProcessResult> QemuIoAsync(string uri, params string[] commands) => QemuIoAsync(uri, readOnly: false, commands);
+
+    public static Task<ProcessResult> QemuIoAsync(string uri, bool readOnly, params string[] commands)
     {
         var args = new List<string> { "-f", "raw" };
+        if (readOnly) args.Add("-r");
         foreach (var command in commands) { args.Add("-c"); args.Add(command); }
         args.Add(uri);
         return RunAsync("qemu-io", [.. args]);
     }
 
-    public static async Task QemuIoOkAsync(string uri, params string[] commands)
+    public static Task QemuIoOkAsync(string uri, params string[] commands) => QemuIoOkAsync(uri, readOnly: false, commands);
+
+    /// <summary>As <see cref="QemuIoOkAsync(string, string[])"/>; readOnly opens the image with -r (needed for a read-only export).</summary>
+    public static async Task QemuIoOkAsync(string uri, bool readOnly, params string[] commands)
     {
-        var result = await QemuIoAsync(uri, commands);
+        var result = await QemuIoAsync(uri, readOnly, commands);
         Assert.True(result.ExitCode == 0 && !result.All.Contains("failed", StringComparison.OrdinalIgnoreCase),
             $"qemu-io {string.Join(" ; ", commands)} on {uri} failed: {result}");
     }

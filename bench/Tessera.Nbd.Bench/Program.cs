@@ -1,0 +1,69 @@
+// Serves one file as NBD export "bench" for fio/nbdkit/qemu-nbd comparisons (see bench/README.md).
+// Usage: Tessera.Nbd.Bench <file> <port> [unix-socket-path]
+using System.Net;
+using Microsoft.Win32.SafeHandles;
+using Tessera.Core;
+using Tessera.Nbd;
+
+var file = args[0];
+var options = new NbdServerOptions
+{
+    TcpEndPoint = new IPEndPoint(IPAddress.Loopback, int.Parse(args[1])),
+    UnixSocketPath = args.Length > 2 ? args[2] : null,
+};
+if (Environment.GetEnvironmentVariable("INLINE_MAX") is { } inlineMax) options.InlineMaxBytes = int.Parse(inlineMax);
+var export = new FileExport(file);
+await using var server = new NbdServer(new SingleCatalog(export), options);
+await server.StartAsync();
+Console.WriteLine($"READY {server.TcpEndPoint}");
+var done = new TaskCompletionSource();
+Console.CancelKeyPress += (_, e) => { e.Cancel = true; done.TrySetResult(); };
+AppDomain.CurrentDomain.ProcessExit += (_, _) => done.TrySetResult();
+await done.Task;
+
+sealed class SingleCatalog(FileExport export) : INbdExportCatalog
+{
+    public IReadOnlyList<NbdExportDescriptor> ListExports() => [new(export.Name, export.Description)];
+    public INbdExport? Open(string name) => name is "bench" or "" ? export : null;
+}
+
+/// <summary>Synchronous positional I/O on a file (page cache): completes inline, like nbdkit's file plugin.</summary>
+sealed class FileExport(string path) : INbdExport
+{
+    private readonly SafeFileHandle _handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+    public string Name => "bench";
+    public string Description => path;
+    public long SizeBytes => RandomAccess.GetLength(_handle);
+    public bool ReadOnly => false;
+    public NbdExportCapabilities Capabilities => NbdExportCapabilities.Flush | NbdExportCapabilities.Fua | NbdExportCapabilities.MultiConn;
+    public CancellationToken Closed => CancellationToken.None;
+    public void Dispose() { }
+
+    public ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken ct)
+    {
+        RandomAccess.Read(_handle, buffer.Span, offset);
+        return ValueTask.FromResult(IoStatus.Ok);
+    }
+
+    public ValueTask<IoStatus> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken ct)
+    {
+        RandomAccess.Write(_handle, data.Span, offset);
+        return ValueTask.FromResult(IoStatus.Ok);
+    }
+
+    public ValueTask<IoStatus> FlushAsync(CancellationToken ct)
+    {
+        RandomAccess.FlushToDisk(_handle);
+        return ValueTask.FromResult(IoStatus.Ok);
+    }
+
+    public ValueTask<IoStatus> TrimAsync(long offset, long length, bool fua, CancellationToken ct) => ValueTask.FromResult(IoStatus.NotSupported);
+    public ValueTask<IoStatus> WriteZeroesAsync(long offset, long length, bool fua, bool noHole, bool fastZero, CancellationToken ct) => ValueTask.FromResult(IoStatus.NotSupported);
+    public ValueTask<IoStatus> CacheAsync(long offset, long length, CancellationToken ct) => ValueTask.FromResult(IoStatus.Ok);
+
+    public ValueTask<IoStatus> GetExtentsAsync(long offset, long length, NbdExtentList extents, CancellationToken ct)
+    {
+        extents.Add(offset, length, NbdExtentFlags.Data);
+        return ValueTask.FromResult(IoStatus.Ok);
+    }
+}

@@ -1,0 +1,119 @@
+using System.Net.Sockets;
+
+namespace Tessera.Nbd;
+
+/// <summary>
+/// A socket stream whose "async" methods are blocking system calls that complete synchronously. With one dedicated
+/// thread per connection (<see cref="NbdServerOptions.ThreadPerConnection"/>) this removes the thread-pool hop that
+/// .NET's async sockets add to every receive: the reader thread sleeps in recv() and wakes up with the request,
+/// as nbdkit's threads do. Cancellation shuts the receive side down, which wakes a blocked recv().
+/// </summary>
+internal sealed class BlockingSocketStream : Stream
+{
+    private readonly Socket _socket;
+    private CancellationToken _registeredToken;
+    private CancellationTokenRegistration _registration;
+    private int _disposed;
+
+    public BlockingSocketStream(Socket socket)
+    {
+        _socket = socket;
+        _socket.Blocking = true;
+    }
+
+    public override bool CanRead => true;
+    public override bool CanSeek => false;
+    public override bool CanWrite => true;
+    public override long Length => throw new NotSupportedException();
+    public override long Position { get => throw new NotSupportedException(); set => throw new NotSupportedException(); }
+    public override void Flush() { }
+    public override Task FlushAsync(CancellationToken cancellationToken) => Task.CompletedTask;
+    public override long Seek(long offset, SeekOrigin origin) => throw new NotSupportedException();
+    public override void SetLength(long value) => throw new NotSupportedException();
+
+    public override int Read(byte[] buffer, int offset, int count) => Read(buffer.AsSpan(offset, count));
+
+    public override int Read(Span<byte> buffer)
+    {
+        try { return _socket.Receive(buffer, SocketFlags.None); }
+        catch (SocketException e) { throw new IOException(e.Message, e); }
+        catch (ObjectDisposedException) { return 0; }
+    }
+
+    public override ValueTask<int> ReadAsync(Memory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        if (cancellationToken.CanBeCanceled && cancellationToken != _registeredToken)
+        {
+            _registration.Dispose();
+            _registeredToken = cancellationToken;
+            _registration = cancellationToken.UnsafeRegister(static s => ((BlockingSocketStream)s!).Interrupt(), this);
+        }
+        cancellationToken.ThrowIfCancellationRequested();
+        int n = Read(buffer.Span);
+        if (n == 0 && cancellationToken.IsCancellationRequested) throw new OperationCanceledException(cancellationToken);
+        return new ValueTask<int>(n);
+    }
+
+    public override Task<int> ReadAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken) =>
+        ReadAsync(buffer.AsMemory(offset, count), cancellationToken).AsTask();
+
+    private void Interrupt()
+    {
+        try { _socket.Shutdown(SocketShutdown.Receive); } catch (Exception) { }
+    }
+
+    public override void Write(byte[] buffer, int offset, int count) => Write(buffer.AsSpan(offset, count));
+
+    public override void Write(ReadOnlySpan<byte> buffer)
+    {
+        try
+        {
+            while (buffer.Length > 0) buffer = buffer[_socket.Send(buffer, SocketFlags.None)..];
+        }
+        catch (SocketException e) { throw new IOException(e.Message, e); }
+    }
+
+    private readonly List<ArraySegment<byte>> _gather = new(2);
+
+    /// <summary>Sends the pending reply headers and a large payload with one sendmsg(). One sender at a time.</summary>
+    public void WriteGather(byte[] head, int headCount, byte[] payload, int payloadOffset, int payloadCount)
+    {
+        try
+        {
+            _gather.Clear();
+            if (headCount > 0) _gather.Add(new ArraySegment<byte>(head, 0, headCount));
+            _gather.Add(new ArraySegment<byte>(payload, payloadOffset, payloadCount));
+            int sent = _socket.Send(_gather, SocketFlags.None);
+            if (sent < headCount)
+            {
+                Write(head.AsSpan(sent, headCount - sent));
+                sent = headCount;
+            }
+            if (sent < headCount + payloadCount) Write(payload.AsSpan(payloadOffset + sent - headCount, headCount + payloadCount - sent));
+        }
+        catch (SocketException e) { throw new IOException(e.Message, e); }
+    }
+
+    public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
+    {
+        Write(buffer.Span);
+        return ValueTask.CompletedTask;
+    }
+
+    public override Task WriteAsync(byte[] buffer, int offset, int count, CancellationToken cancellationToken)
+    {
+        Write(buffer.AsSpan(offset, count));
+        return Task.CompletedTask;
+    }
+
+    protected override void Dispose(bool disposing)
+    {
+        if (disposing && Interlocked.Exchange(ref _disposed, 1) == 0)
+        {
+            _registration.Dispose();
+            try { _socket.Shutdown(SocketShutdown.Both); } catch (Exception) { }
+            _socket.Dispose();
+        }
+        base.Dispose(disposing);
+    }
+}

@@ -1,0 +1,3 @@
+global using Xunit;
+global using Tessera.Nbd.Protocol;
+global using Tessera.Nbd.Tests.Infrastructure;
