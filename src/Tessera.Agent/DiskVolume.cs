@@ -1,6 +1,7 @@
 using System.Buffers;
 using System.Runtime.CompilerServices;
 using Tessera.Core;
+using Tessera.Core.Containers;
 using Tessera.Core.Mapping;
 using Tessera.Nbd;
 
@@ -287,137 +288,117 @@ public sealed class DiskVolume
         return result;
     }
 
+    private ValueTask<IoStatus> ReadPieceAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken cancellationToken) =>
+        PieceAsync(offset, new ReadOp(offset, buffer, zeroExtents), cancellationToken);
+
+    private ValueTask<IoStatus> WritePieceAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken) =>
+        PieceAsync(offset, new WriteOp(data), cancellationToken);
+
+    /// <summary>What one piece does with its container or with a Zero entry; a struct so the JIT specialises each path.</summary>
+    private interface IPieceOp
+    {
+        bool IsWrite { get; }
+        ValueTask<IoStatus> Run(IStorageContainer container, long containerOffset, CancellationToken cancellationToken);
+        /// <summary>The entry says Zero and this is a read: fill zeros or record a hole.</summary>
+        IoStatus ReadZeros();
+    }
+
+    private readonly struct ReadOp(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents) : IPieceOp
+    {
+        public bool IsWrite => false;
+
+        public ValueTask<IoStatus> Run(IStorageContainer container, long containerOffset, CancellationToken cancellationToken) =>
+            container.ReadAsync(containerOffset, buffer, cancellationToken);
+
+        public IoStatus ReadZeros()
+        {
+            if (zeroExtents is null) buffer.Span.Clear();
+            else lock (zeroExtents) zeroExtents.Add(offset, buffer.Length, NbdExtentFlags.Hole | NbdExtentFlags.Zero);
+            return IoStatus.Ok;
+        }
+    }
+
+    private readonly struct WriteOp(ReadOnlyMemory<byte> data) : IPieceOp
+    {
+        public bool IsWrite => true;
+
+        public ValueTask<IoStatus> Run(IStorageContainer container, long containerOffset, CancellationToken cancellationToken) =>
+            container.WriteAsync(containerOffset, data, cancellationToken);
+
+        public IoStatus ReadZeros() => throw new InvalidOperationException("a write never reads zeros");
+    }
+
     /// <summary>One piece inside one segment. Completes synchronously (no allocation) on the mapped path.</summary>
-    private ValueTask<IoStatus> ReadPieceAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken cancellationToken)
+    private ValueTask<IoStatus> PieceAsync<TOp>(long offset, TOp op, CancellationToken cancellationToken) where TOp : struct, IPieceOp =>
+        TryStart(offset, op, cancellationToken, out var result, out var seen) ? result : PieceAfterFaultAsync(offset, op, seen, cancellationToken);
+
+    private async ValueTask<IoStatus> PieceAfterFaultAsync<TOp>(long offset, TOp op, MapEntry seen, CancellationToken cancellationToken) where TOp : struct, IPieceOp
     {
         long segment = offset >> SegmentShift;
+        for (int attempt = 0; ; attempt++)
+        {
+            var status = await FaultAndWaitAsync(segment, op.IsWrite, seen, attempt, cancellationToken);
+            if (status != IoStatus.Ok) return status;
+            if (TryStart(offset, op, cancellationToken, out var result, out seen)) return await result;
+        }
+    }
+
+    /// <summary>
+    /// Enters the gate, looks the entry up and acts on it. False (with the entry seen) when the piece must fault;
+    /// the piece has then already left the gate, so it never holds a blocking command up while it waits.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private bool TryStart<TOp>(long offset, TOp op, CancellationToken cancellationToken, out ValueTask<IoStatus> result, out MapEntry seen) where TOp : struct, IPieceOp
+    {
         var token = Gate.Enter();
-        var entry = _table.Get(segment);
-        switch (entry.ActionFor(write: false))
+        seen = _table.Get(offset >> SegmentShift);
+        switch (seen.ActionFor(op.IsWrite))
         {
             case EntryAction.Map:
-                var slot = _containers.Get(entry.ContainerId);
+                var slot = _containers.Get(seen.ContainerId);
                 if (slot?.Container is null)
                 {
                     InFlightGate.Leave(token);
-                    return new(IoStatus.IoError);
+                    result = new(IoStatus.IoError);
+                    return true;
                 }
-                var io = slot.Container.ReadAsync(entry.ContainerOffset + (offset & (SegmentSizeBytes - 1)), buffer, cancellationToken);
+                var io = op.Run(slot.Container, seen.ContainerOffset + (offset & (SegmentSizeBytes - 1)), cancellationToken);
                 if (io.IsCompleted)
                 {
                     InFlightGate.Leave(token);
-                    return new(io.Result);
+                    result = new(Completed(io.Result, slot, op.IsWrite));
                 }
-                return LeaveWhenDone(io, token);
+                else
+                {
+                    result = LeaveWhenDone(io, token, slot, op.IsWrite);
+                }
+                return true;
             case EntryAction.ReadZeros:
                 InFlightGate.Leave(token);
-                if (zeroExtents is null) buffer.Span.Clear();
-                else lock (zeroExtents) zeroExtents.Add(offset, buffer.Length, NbdExtentFlags.Hole | NbdExtentFlags.Zero);
-                return new(IoStatus.Ok);
+                result = new(op.ReadZeros());
+                return true;
             case EntryAction.Error:
                 InFlightGate.Leave(token);
-                return new(IoStatus.IoError);
+                result = new(IoStatus.IoError);
+                return true;
             default:
                 InFlightGate.Leave(token);
-                return ReadAfterFaultAsync(offset, buffer, zeroExtents, entry, cancellationToken);
+                result = default;
+                return false;
         }
     }
 
-    private async ValueTask<IoStatus> ReadAfterFaultAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, MapEntry seen, CancellationToken cancellationToken)
+    private static async ValueTask<IoStatus> LeaveWhenDone(ValueTask<IoStatus> io, InFlightGate.GateToken token, ContainerSet.Slot slot, bool write)
     {
-        long segment = offset >> SegmentShift;
-        for (int attempt = 0; ; attempt++)
-        {
-            var status = await FaultAndWaitAsync(segment, write: false, seen, attempt, cancellationToken);
-            if (status != IoStatus.Ok) return status;
-            var token = Gate.Enter();
-            seen = _table.Get(segment);
-            switch (seen.ActionFor(write: false))
-            {
-                case EntryAction.Map:
-                    try
-                    {
-                        var slot = _containers.Get(seen.ContainerId);
-                        if (slot?.Container is null) return IoStatus.IoError;
-                        return await slot.Container.ReadAsync(seen.ContainerOffset + (offset & (SegmentSizeBytes - 1)), buffer, cancellationToken);
-                    }
-                    finally { InFlightGate.Leave(token); }
-                case EntryAction.ReadZeros:
-                    InFlightGate.Leave(token);
-                    if (zeroExtents is null) buffer.Span.Clear();
-                    else lock (zeroExtents) zeroExtents.Add(offset, buffer.Length, NbdExtentFlags.Hole | NbdExtentFlags.Zero);
-                    return IoStatus.Ok;
-                case EntryAction.Error:
-                    InFlightGate.Leave(token);
-                    return IoStatus.IoError;
-                default:
-                    InFlightGate.Leave(token);
-                    continue;
-            }
-        }
+        try { return Completed(await io, slot, write); }
+        finally { InFlightGate.Leave(token); }
     }
 
-    private ValueTask<IoStatus> WritePieceAsync(long offset, ReadOnlyMemory<byte> data, CancellationToken cancellationToken)
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static IoStatus Completed(IoStatus status, ContainerSet.Slot slot, bool write)
     {
-        long segment = offset >> SegmentShift;
-        var token = Gate.Enter();
-        var entry = _table.Get(segment);
-        switch (entry.ActionFor(write: true))
-        {
-            case EntryAction.Map:
-                var slot = _containers.Get(entry.ContainerId);
-                if (slot?.Container is null)
-                {
-                    InFlightGate.Leave(token);
-                    return new(IoStatus.IoError);
-                }
-                var io = slot.Container.WriteAsync(entry.ContainerOffset + (offset & (SegmentSizeBytes - 1)), data, cancellationToken);
-                if (io.IsCompleted)
-                {
-                    InFlightGate.Leave(token);
-                    var status = io.Result;
-                    if (status == IoStatus.Ok) MarkDirty(slot);
-                    return new(status);
-                }
-                return LeaveWhenWritten(io, token, slot);
-            case EntryAction.Error:
-                InFlightGate.Leave(token);
-                return new(IoStatus.IoError);
-            default:
-                InFlightGate.Leave(token);
-                return WriteAfterFaultAsync(offset, data, entry, cancellationToken);
-        }
-    }
-
-    private async ValueTask<IoStatus> WriteAfterFaultAsync(long offset, ReadOnlyMemory<byte> data, MapEntry seen, CancellationToken cancellationToken)
-    {
-        long segment = offset >> SegmentShift;
-        for (int attempt = 0; ; attempt++)
-        {
-            var status = await FaultAndWaitAsync(segment, write: true, seen, attempt, cancellationToken);
-            if (status != IoStatus.Ok) return status;
-            var token = Gate.Enter();
-            seen = _table.Get(segment);
-            switch (seen.ActionFor(write: true))
-            {
-                case EntryAction.Map:
-                    try
-                    {
-                        var slot = _containers.Get(seen.ContainerId);
-                        if (slot?.Container is null) return IoStatus.IoError;
-                        status = await slot.Container.WriteAsync(seen.ContainerOffset + (offset & (SegmentSizeBytes - 1)), data, cancellationToken);
-                        if (status == IoStatus.Ok) MarkDirty(slot);
-                        return status;
-                    }
-                    finally { InFlightGate.Leave(token); }
-                case EntryAction.Error:
-                    InFlightGate.Leave(token);
-                    return IoStatus.IoError;
-                default:
-                    InFlightGate.Leave(token);
-                    continue;
-            }
-        }
+        if (write && status == IoStatus.Ok) MarkDirty(slot);
+        return status;
     }
 
     private async ValueTask<IoStatus> ZeroPieceAsync(long offset, int length, bool fastZero, CancellationToken cancellationToken)
@@ -456,23 +437,6 @@ public sealed class DiskVolume
         if (IsClosed) return IoStatus.Shutdown;
         var result = await _faults.FaultAsync(this, segment, write, seen, cancellationToken);
         return result.Retry ? IoStatus.Ok : result.Status;
-    }
-
-    private static async ValueTask<IoStatus> LeaveWhenDone(ValueTask<IoStatus> io, InFlightGate.GateToken token)
-    {
-        try { return await io; }
-        finally { InFlightGate.Leave(token); }
-    }
-
-    private static async ValueTask<IoStatus> LeaveWhenWritten(ValueTask<IoStatus> io, InFlightGate.GateToken token, ContainerSet.Slot slot)
-    {
-        try
-        {
-            var status = await io;
-            if (status == IoStatus.Ok) MarkDirty(slot);
-            return status;
-        }
-        finally { InFlightGate.Leave(token); }
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

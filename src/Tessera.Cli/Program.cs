@@ -10,6 +10,7 @@ var root = new RootCommand("Tessera: virtual disks over a pool of storage contai
     RoleCommands.Agent(),
     ContainerCommands.Create(),
     DiskCommands.Create(),
+    SnapshotCommands.Create(),
     HostCommands.Create(),
     StatusCommand.Create(),
     StoreCommand.Create(),

@@ -20,6 +20,7 @@ public sealed class ControllerCore : IDisposable
         Store = ControllerStore.Open(options.DataDirectory);
         try
         {
+            Store.RollBackIncompleteSnapshots(); // a snapshot whose NoWrite push was not acknowledged never happened
             Pool = RebuildPool(Store);
         }
         catch
@@ -50,8 +51,9 @@ public sealed class ControllerCore : IDisposable
         foreach (var c in store.ListContainers())
             pool.AddContainer(c.Id, c.SizeBytes / MapEntry.PhysicalUnitBytes, c.Failed);
         var segmentSizes = store.ListDisks().ToDictionary(d => d.Id, d => d.UnitsPerSegment);
+        var seen = new HashSet<PhysicalLocation>(); // snapshots and clones share locations: mark each once
         foreach (var row in store.AllSegments())
-            if (row.Entry.ContainerId != 0)
+            if (row.Entry.ContainerId != 0 && seen.Add(new(row.Entry.ContainerId, row.Entry.PhysicalIndex)))
                 pool.MarkUsed(row.Entry.ContainerId, row.Entry.PhysicalIndex, segmentSizes[row.DiskId]);
         return pool;
     }

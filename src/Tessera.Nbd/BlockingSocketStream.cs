@@ -15,10 +15,12 @@ internal sealed class BlockingSocketStream : Stream
     private CancellationTokenRegistration _registration;
     private int _disposed;
 
-    public BlockingSocketStream(Socket socket)
+    public BlockingSocketStream(Socket socket, TimeSpan sendTimeout)
     {
         _socket = socket;
         _socket.Blocking = true;
+        // A client that stops reading replies must not pin a thread in send() forever.
+        _socket.SendTimeout = (int)Math.Min(int.MaxValue, sendTimeout.TotalMilliseconds);
     }
 
     public override bool CanRead => true;

@@ -262,11 +262,47 @@ public sealed class NbdClient : IAsyncDisposable
 
     // ---- transmission ----
 
+    /// <summary>Reads buffer.Length bytes; a buffer larger than the server's maximum block size is read in pieces.</summary>
     public ValueTask<uint> ReadAsync(long offset, Memory<byte> buffer, bool dontFragment = false, CancellationToken ct = default)
-        => SendAsync(NbdWire.CmdRead, dontFragment ? NbdWire.CmdFlagDf : (ushort)0, offset, (uint)buffer.Length, default, buffer, null, ct);
+    {
+        ushort flags = dontFragment ? NbdWire.CmdFlagDf : (ushort)0;
+        if (buffer.Length <= MaxBlockBytes) return SendAsync(NbdWire.CmdRead, flags, offset, (uint)buffer.Length, default, buffer, null, ct);
+        return ReadSplitAsync(offset, buffer, flags, ct);
+    }
 
+    /// <summary>Writes data; data larger than the server's maximum block size is written in pieces.</summary>
     public ValueTask<uint> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua = false, CancellationToken ct = default)
-        => SendAsync(NbdWire.CmdWrite, fua ? NbdWire.CmdFlagFua : (ushort)0, offset, (uint)data.Length, data, default, null, ct);
+    {
+        ushort flags = fua ? NbdWire.CmdFlagFua : (ushort)0;
+        if (data.Length <= MaxBlockBytes) return SendAsync(NbdWire.CmdWrite, flags, offset, (uint)data.Length, data, default, null, ct);
+        return WriteSplitAsync(offset, data, flags, ct);
+    }
+
+    private async ValueTask<uint> ReadSplitAsync(long offset, Memory<byte> buffer, ushort flags, CancellationToken ct)
+    {
+        int step = (int)Math.Min(MaxBlockBytes, int.MaxValue);
+        var parts = new List<Task<uint>>();
+        for (int at = 0; at < buffer.Length; at += step)
+        {
+            var piece = buffer.Slice(at, Math.Min(step, buffer.Length - at));
+            parts.Add(SendAsync(NbdWire.CmdRead, flags, offset + at, (uint)piece.Length, default, piece, null, ct).AsTask());
+        }
+        foreach (var e in await Task.WhenAll(parts).ConfigureAwait(false)) if (e != 0) return e;
+        return 0;
+    }
+
+    private async ValueTask<uint> WriteSplitAsync(long offset, ReadOnlyMemory<byte> data, ushort flags, CancellationToken ct)
+    {
+        int step = (int)Math.Min(MaxBlockBytes, int.MaxValue);
+        var parts = new List<Task<uint>>();
+        for (int at = 0; at < data.Length; at += step)
+        {
+            var piece = data.Slice(at, Math.Min(step, data.Length - at));
+            parts.Add(SendAsync(NbdWire.CmdWrite, flags, offset + at, (uint)piece.Length, piece, default, null, ct).AsTask());
+        }
+        foreach (var e in await Task.WhenAll(parts).ConfigureAwait(false)) if (e != 0) return e;
+        return 0;
+    }
 
     public ValueTask<uint> FlushAsync(CancellationToken ct = default)
         => SendAsync(NbdWire.CmdFlush, 0, 0, 0, default, default, null, ct);

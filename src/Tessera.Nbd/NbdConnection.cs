@@ -150,6 +150,13 @@ internal sealed partial class NbdConnection
         }
     }
 
+    /// <summary>Cuts the transport off (server stop after the grace period): blocked receives and sends fail at once.</summary>
+    public void Abort()
+    {
+        _broken = true;
+        try { _stream.Dispose(); } catch (Exception) { }
+    }
+
     private void OnExportClosed()
     {
         _exportClosed = true;

@@ -16,7 +16,7 @@ public sealed class NbdServer : IAsyncDisposable
     private readonly INbdExportCatalog _catalog;
     private readonly NbdServerOptions _options;
     private readonly ILogger _logger;
-    private readonly ConcurrentDictionary<long, Task> _connections = new();
+    private readonly ConcurrentDictionary<long, (Task Done, NbdConnection Connection)> _connections = new();
     private readonly CancellationTokenSource _stopping = new();
     private readonly List<Socket> _listeners = [];
     private readonly List<Task> _acceptLoops = [];
@@ -81,7 +81,18 @@ public sealed class NbdServer : IAsyncDisposable
         _stopping.Cancel();
         foreach (var s in _listeners) s.Dispose();
         try { await Task.WhenAll(_acceptLoops).WaitAsync(cancellationToken).ConfigureAwait(false); } catch (Exception) when (!cancellationToken.IsCancellationRequested) { }
-        await Task.WhenAll(_connections.Values).WaitAsync(cancellationToken).ConfigureAwait(false);
+        // Connections finish their in-flight requests within the grace period; one whose client stopped reading
+        // (its replies stuck in a full socket) is then cut off so that stopping always ends.
+        var all = Task.WhenAll(_connections.Values.Select(c => c.Done));
+        try
+        {
+            await all.WaitAsync(_options.ShutdownGracePeriod + TimeSpan.FromSeconds(2), _options.TimeProvider, cancellationToken).ConfigureAwait(false);
+        }
+        catch (TimeoutException)
+        {
+            foreach (var c in _connections.Values) c.Connection.Abort();
+            await Task.WhenAll(_connections.Values.Select(c => c.Done)).WaitAsync(cancellationToken).ConfigureAwait(false);
+        }
         if (_options.UnixSocketPath is { } path) try { File.Delete(path); } catch (IOException) { }
         NbdLog.Stopped(_logger);
     }
@@ -125,11 +136,11 @@ public sealed class NbdServer : IAsyncDisposable
     {
         long id = Interlocked.Increment(ref _nextId);
         var tcs = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
-        _connections[id] = tcs.Task;
+        var connection = new NbdConnection(transport, _catalog, _options, _logger, id, blocking);
+        _connections[id] = (tcs.Task, connection);
         try
         {
             NbdLog.ConnectionOpened(_logger, id, remote);
-            var connection = new NbdConnection(transport, _catalog, _options, _logger, id, blocking);
             await connection.RunAsync(_stopping.Token).ConfigureAwait(false);
         }
         finally
@@ -167,7 +178,7 @@ public sealed class NbdServer : IAsyncDisposable
             if (client.AddressFamily != AddressFamily.Unix) client.NoDelay = true;
             if (_options.ThreadPerConnection)
             {
-                var stream = new BlockingSocketStream(client);
+                var stream = new BlockingSocketStream(client, _options.SendTimeout);
                 new Thread(() => RunConnectionAsync(stream, remote, blocking: true).GetAwaiter().GetResult())
                 {
                     IsBackground = true,

@@ -54,6 +54,9 @@ public sealed class NbdServerOptions
     /// </summary>
     public bool ThreadPerConnection { get; set; } = true;
 
+    /// <summary>How long one blocking send may wait for a client that does not read its replies before the connection is dropped.</summary>
+    public TimeSpan SendTimeout { get; set; } = TimeSpan.FromSeconds(30);
+
     /// <summary>
     /// READ/WRITE requests at least this large start on a pool thread instead of the reader, so an export that
     /// copies synchronously overlaps with receiving the next request. Default: always inline, which measured
@@ -85,6 +88,7 @@ public sealed class NbdServerOptions
         Check(SendBufferBytes >= 4096, $"{nameof(SendBufferBytes)} must be at least 4096.");
         Check(SendBufferBytes >= 24 + 8 * MaxExtentsPerReply, $"{nameof(SendBufferBytes)} must hold a block status reply of {nameof(MaxExtentsPerReply)} extents.");
         Check(CopyPayloadMaxBytes >= 0 && CopyPayloadMaxBytes <= SendBufferBytes / 2, $"{nameof(CopyPayloadMaxBytes)} must be 0..{nameof(SendBufferBytes)}/2.");
+        Check(SendTimeout > TimeSpan.Zero, $"{nameof(SendTimeout)} must be positive.");
         Check(InlineMaxBytes >= 0, $"{nameof(InlineMaxBytes)} must not be negative.");
         ArgumentNullException.ThrowIfNull(TimeProvider);
     }

@@ -47,6 +47,13 @@ public class StoreTests
             states INTEGER NOT NULL,
             PRIMARY KEY (disk_id, segment)
         ) WITHOUT ROWID
+        table snapshots: CREATE TABLE snapshots (
+            disk_id INTEGER PRIMARY KEY NOT NULL REFERENCES disks(id),
+            parent_disk_id INTEGER NOT NULL REFERENCES disks(id),
+            name TEXT NOT NULL,
+            ready INTEGER NOT NULL DEFAULT 0,
+            UNIQUE (parent_disk_id, name)
+        )
         """;
 
     [Fact]
@@ -58,7 +65,7 @@ public class StoreTests
         {
             using var store = ControllerStore.Open(dir);
             Assert.Equal(GoldenSchema, store.DumpSchema());
-            Assert.Equal(1, ControllerStore.SchemaVersion);
+            Assert.Equal(2, ControllerStore.SchemaVersion);
         }
         finally
         {

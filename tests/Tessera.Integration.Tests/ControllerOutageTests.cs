@@ -5,9 +5,9 @@ namespace Tessera.Integration.Tests;
 public sealed class ControllerOutageTests
 {
     [Fact]
-    public async Task ControllerStopped_MappedIoContinues_AndAFaultCompletesWhenItReturns()
+    public async Task ControllerKilled_MappedIoContinues_AndAFaultCompletesWhenItReturns()
     {
-        // With the controller process stopped, I/O to mapped segments still flows through the agent; a first write to a Zero
+        // With the controller process killed, I/O to mapped segments still flows through the agent; a first write to a Zero
         // segment waits, and completes once a controller on the same data directory is back.
         using var dir = new TempDir();
         var ports = Net.FreePorts(2);
@@ -35,7 +35,8 @@ public sealed class ControllerOutageTests
             await Exports.WaitUntilListedAsync($"nbd://127.0.0.1:{ports[1]}", "outage");
             await Tools.QemuIoOkAsync(uri, "write -P 0x21 0 1048576"); // segment 0 is now mapped in h1's table
 
-            Assert.Equal(0, await controller.StopAsync(TimeSpan.FromSeconds(60)));
+            // SIGKILL, not SIGTERM: the controller is gone at once, so the checks below run well inside the agent's lease
+            // even on a loaded machine (a graceful stop could take seconds of it).
             await controller.DisposeAsync();
 
             // Within the agent's lease (10 s, given up at 80 %): mapped reads and writes need no controller.

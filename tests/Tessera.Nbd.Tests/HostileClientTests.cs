@@ -190,6 +190,24 @@ public class HostileClientTests
     }
 
     [Fact]
+    public async Task ClientThatNeverReadsRepliesIsCutOffAndStopStillEnds()
+    {
+        // Proves a client that floods reads but never reads the replies is dropped after the send timeout, others are served, and StopAsync still ends.
+        await using var s = await TestServer.StartAsync(o =>
+        {
+            o.SendTimeout = TimeSpan.FromMilliseconds(500);
+            o.ShutdownGracePeriod = TimeSpan.FromMilliseconds(200);
+        });
+        await using var raw = await InTransmissionAsync(s);
+        var flood = new byte[64 * 28];
+        for (int i = 0; i < 64; i++) RawNbd.Request(NbdWire.CmdRead, 0, (ulong)i, 0, 1 << 20).CopyTo(flood, i * 28);
+        await raw.Stream.WriteAsync(flood);
+        await s.Log.WaitForAsync(2004, "connection 1 closed");
+        await s.AssertStillServesAsync();
+        await s.Server.StopAsync().WaitAsync(TimeSpan.FromSeconds(20));
+    }
+
+    [Fact]
     public async Task OversizedReadIsAnsweredEinvalWithoutDroppingTheConnection()
     {
         // Proves a read above the maximum block size (no payload to skip) gets EINVAL and the connection stays usable.

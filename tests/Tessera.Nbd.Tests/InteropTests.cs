@@ -29,6 +29,18 @@ public class InteropTests
     }
 
     [Fact]
+    public async Task QemuIoOverTheUnixSocket()
+    {
+        // Proves a real client works over the unix socket listener too.
+        string path = Path.Combine(Path.GetTempPath(), $"tessera-nbd-{Guid.NewGuid():N}.sock");
+        await using var s = await TestServer.StartAsync(o => o.UnixSocketPath = path);
+        var o = await Tool.RunOkAsync("qemu-io", "-f", "raw", $"nbd+unix:///disk?socket={path}",
+            "-c", "write -P 0x3c 4k 8k", "-c", "read -P 0x3c 4k 8k");
+        Assert.DoesNotContain("fail", o, StringComparison.OrdinalIgnoreCase);
+        Assert.All(s.Disk.Snapshot().AsSpan(4096, 8192).ToArray(), b => Assert.Equal(0x3c, b));
+    }
+
+    [Fact]
     public async Task QemuIoPatternVerificationCatchesWrongData()
     {
         // Proves the qemu-io checks above can fail: reading a pattern that was not written is reported.

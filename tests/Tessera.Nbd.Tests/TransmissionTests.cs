@@ -8,13 +8,19 @@ public class TransmissionTests
         | NbdWire.TxSendFastZero | NbdWire.TxSendCache | NbdWire.TxCanMultiConn;
 
     [Theory]
-    [InlineData(false, int.MaxValue)]
-    [InlineData(true, int.MaxValue)]
-    [InlineData(true, 4096)]
-    public async Task WritesLandAtTheirOffsetAndReadBack(bool structured, int inlineMaxBytes)
+    [InlineData(false, int.MaxValue, true)]
+    [InlineData(true, int.MaxValue, true)]
+    [InlineData(true, 4096, true)]
+    [InlineData(true, int.MaxValue, false)]
+    [InlineData(false, 4096, false)]
+    public async Task WritesLandAtTheirOffsetAndReadBack(bool structured, int inlineMaxBytes, bool threadPerConnection)
     {
-        // Proves self-describing data written at several offsets and sizes (incl. unaligned and > copy threshold) reads back in place, with simple and structured replies, inline or dispatched to the pool.
-        await using var s = await TestServer.StartAsync(o => o.InlineMaxBytes = inlineMaxBytes);
+        // Proves self-describing data written at several offsets and sizes (incl. unaligned and > copy threshold) reads back in place, with simple and structured replies, inline or dispatched, on blocking or async sockets.
+        await using var s = await TestServer.StartAsync(o =>
+        {
+            o.InlineMaxBytes = inlineMaxBytes;
+            o.ThreadPerConnection = threadPerConnection;
+        });
         await using var c = await s.ConnectAsync(structured: structured);
         Assert.Equal(structured, c.StructuredReplies);
         (long Offset, int Length)[] cases = [(0, 4096), (12345, 777), (1 << 20, 256 * 1024), (3 << 20, 4 << 20), (TestServer.DiskBytes - 512, 512)];
@@ -28,6 +34,21 @@ public class TransmissionTests
             Assert.Equal(0u, await c.ReadAsync(offset, back));
             Assert.Equal(Pattern.Make(offset, length, 3), back);
         }
+    }
+
+    [Fact]
+    public async Task ClientSplitsTransfersLargerThanTheMaximumBlockSize()
+    {
+        // Proves the client cuts a transfer above the advertised maximum block size into legal requests that land in place.
+        await using var s = await TestServer.StartAsync(o => o.MaxRequestBytes = 1 << 20);
+        await using var c = await s.ConnectAsync();
+        Assert.Equal(1u << 20, c.MaxBlockBytes);
+        var data = Pattern.Make(4096, (3 << 20) + 100, 12);
+        Assert.Equal(0u, await c.WriteAsync(4096, data));
+        Assert.Equal(data, s.Disk.Snapshot().AsSpan(4096, data.Length).ToArray());
+        var back = new byte[data.Length];
+        Assert.Equal(0u, await c.ReadAsync(4096, back));
+        Assert.Equal(data, back);
     }
 
     [Fact]
@@ -230,11 +251,13 @@ public class TransmissionTests
         Assert.Equal(0u, await c.ReadAsync(0, new byte[16]));
     }
 
-    [Fact]
-    public async Task ManyConcurrentRequestsOnOneConnectionAllLandCorrectly()
+    [Theory]
+    [InlineData(true)]
+    [InlineData(false)]
+    public async Task ManyConcurrentRequestsOnOneConnectionAllLandCorrectly(bool threadPerConnection)
     {
         // Proves hundreds of overlapping requests on one connection are each answered to the right cookie and placed at the right offset.
-        await using var s = await TestServer.StartAsync();
+        await using var s = await TestServer.StartAsync(o => o.ThreadPerConnection = threadPerConnection);
         await using var c = await s.ConnectAsync();
         var writes = Enumerable.Range(0, 300).Select(i => c.WriteAsync(i * 8192L, Pattern.Make(i * 8192L, 8192, 6)).AsTask());
         Assert.All(await Task.WhenAll(writes), e => Assert.Equal(0u, e));
@@ -306,6 +329,23 @@ public class TransmissionTests
         await s.Server.StopAsync().WaitAsync(TimeSpan.FromSeconds(20));
         Assert.Equal(NbdErrno.ESHUTDOWN, await pending.WaitAsync(TimeSpan.FromSeconds(20)));
         Assert.Equal(0, s.Server.ActiveConnections);
+    }
+
+    [Fact]
+    public async Task StopLetsAnInFlightWriteThatFinishesInTimeSucceed()
+    {
+        // Proves a request that completes within the stop grace period is answered normally and its data lands.
+        await using var s = await TestServer.StartAsync(o => o.ShutdownGracePeriod = TimeSpan.FromSeconds(15));
+        await using var c = await s.ConnectAsync();
+        s.Disk.Gate = new TaskCompletionSource();
+        var pending = c.WriteAsync(4096, Pattern.Make(4096, 512, 9)).AsTask();
+        while (s.Disk.OperationsStarted == 0) await Task.Delay(5);
+        var stopping = s.Server.StopAsync();
+        Assert.False(stopping.IsCompleted);
+        s.Disk.Gate.SetResult();
+        Assert.Equal(0u, await pending.WaitAsync(TimeSpan.FromSeconds(20)));
+        await stopping.WaitAsync(TimeSpan.FromSeconds(20));
+        Assert.Equal(Pattern.Make(4096, 512, 9), s.Disk.Snapshot().AsSpan(4096, 512).ToArray());
     }
 
     [Fact]

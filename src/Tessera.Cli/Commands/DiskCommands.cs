@@ -15,8 +15,11 @@ public static class DiskCommands
         {
             CreateCommand(controller), ListCommand(controller), ShowCommand(controller), DeleteCommand(controller),
             PresentCommand(controller), UnpresentCommand(controller), MapCommand(controller),
+            DiskSnapshotCommands.Clone(controller), DiskSnapshotCommands.Resize(controller),
         };
     }
+
+    private const string DefaultSegmentSize = "1MiB";
 
     private static Argument<string> NameArgument() => new("NAME") { Description = "Disk name (also its NBD export name)" };
 
@@ -27,7 +30,7 @@ public static class DiskCommands
         var name = NameArgument();
         var size = Arguments.SizeOption("--size", "Disk size, e.g. 8GiB");
         size.Required = true;
-        var segmentSize = Arguments.SizeOption("--segment-size", "Segment size: a power of two, 64KiB..64MiB", "1MiB");
+        var segmentSize = Arguments.SizeOption("--segment-size", "Segment size: a power of two, 64KiB..64MiB", DefaultSegmentSize);
         var command = new Command("create", "Create a thin disk (all segments read as zeros until written)") { name, size, segmentSize, controller, Output.JsonOption };
         CommandRunner.SetAdminAction(command, controller, async (r, admin, ct) =>
         {
@@ -35,7 +38,7 @@ public static class DiskCommands
             {
                 Name = Arguments.Name("disk", r.GetValue(name)),
                 SizeBytes = (ulong)Arguments.PositiveSize("--size", r.GetValue(size)),
-                SegmentSizeBytes = Arguments.SegmentSize(r.GetValue(segmentSize)),
+                SegmentSizeBytes = Arguments.SegmentSize(Arguments.SizeValue(r, segmentSize, DefaultSegmentSize)),
             };
             var disk = await admin.Client.CreateDiskAsync(request, admin.Call(ct));
             if (Output.WantsJson(r)) Output.Json(DiskJson.From(disk));
@@ -74,10 +77,11 @@ public static class DiskCommands
         var command = new Command("show", "Show one disk") { name, controller, Output.JsonOption };
         CommandRunner.SetAdminAction(command, controller, async (r, admin, ct) =>
         {
-            var disk = await admin.Client.GetDiskAsync(new DiskRef { Name = Arguments.Name("disk", r.GetValue(name)) }, admin.Call(ct));
+            var disk = await admin.Client.GetDiskAsync(new DiskRef { Name = DiskSnapshotCommands.DiskOrSnapshot(r.GetValue(name)) }, admin.Call(ct));
+            var sharing = await DiskSnapshotCommands.SharingAsync(admin, disk.Name, ct);
             if (Output.WantsJson(r))
             {
-                Output.Json(DiskJson.From(disk));
+                Output.Json(DiskSnapshotCommands.WithSharing(DiskJson.From(disk), sharing));
                 return ExitCodes.Ok;
             }
             Output.Properties(
@@ -89,6 +93,7 @@ public static class DiskCommands
                 ("allocated", $"{Format.Size(disk.AllocatedBytes)} ({disk.AllocatedSegments} segments)"),
                 ("presented to", Format.Presentations(disk.Presentations)),
                 ("created", Format.Time(disk.CreatedAt)),
+                .. DiskSnapshotCommands.SharingProperties(sharing),
             ]);
             return ExitCodes.Ok;
         });
@@ -120,7 +125,7 @@ public static class DiskCommands
         {
             var request = new PresentRequest
             {
-                Disk = Arguments.Name("disk", r.GetValue(name)),
+                Disk = DiskSnapshotCommands.DiskOrSnapshot(r.GetValue(name)),
                 Host = Arguments.Name("host", r.GetValue(host)),
                 ReadOnly = r.GetValue(readOnly),
             };
@@ -139,7 +144,7 @@ public static class DiskCommands
         var command = new Command("unpresent", "Stop a host from seeing a disk") { name, host, controller, Output.JsonOption };
         CommandRunner.SetAdminAction(command, controller, async (r, admin, ct) =>
         {
-            var request = new UnpresentRequest { Disk = Arguments.Name("disk", r.GetValue(name)), Host = Arguments.Name("host", r.GetValue(host)) };
+            var request = new UnpresentRequest { Disk = DiskSnapshotCommands.DiskOrSnapshot(r.GetValue(name)), Host = Arguments.Name("host", r.GetValue(host)) };
             await admin.Client.UnpresentDiskAsync(request, admin.Call(ct));
             if (Output.WantsJson(r)) Output.Json(new DoneJson("unpresented", request.Disk, request.Host));
             else Output.Line($"unpresented disk {request.Disk} from host {request.Host}");
@@ -154,10 +159,11 @@ public static class DiskCommands
         var command = new Command("map", "Show the disk's segment map: ranges with state and location") { name, controller, Output.JsonOption };
         CommandRunner.SetAdminAction(command, controller, async (r, admin, ct) =>
         {
-            var reply = await admin.Client.GetDiskMapAsync(new DiskRef { Name = Arguments.Name("disk", r.GetValue(name)) }, admin.Call(ct));
+            var reply = await admin.Client.GetDiskMapAsync(new DiskRef { Name = DiskSnapshotCommands.DiskOrSnapshot(r.GetValue(name)) }, admin.Call(ct));
+            var sharing = await DiskSnapshotCommands.SharingAsync(admin, reply.Disk.Name, ct);
             if (Output.WantsJson(r))
             {
-                Output.Json(new DiskMapJson(DiskJson.From(reply.Disk), reply.Ranges.Select(MapRangeJson.From).ToArray()));
+                Output.Json(DiskSnapshotCommands.WithSharing(new DiskMapJson(DiskJson.From(reply.Disk), reply.Ranges.Select(MapRangeJson.From).ToArray()), sharing));
                 return ExitCodes.Ok;
             }
             Output.Line($"disk {reply.Disk.Name}: {Format.Size(reply.Disk.SizeBytes)}, {reply.Disk.SegmentCount} segments of {Format.Size(reply.Disk.SegmentSizeBytes)}");
@@ -174,6 +180,7 @@ public static class DiskCommands
                     };
                 }),
                 "(no ranges)");
+            DiskSnapshotCommands.PrintSharing(sharing);
             return ExitCodes.Ok;
         });
         return command;

@@ -20,6 +20,7 @@ public static class UpCommand
 {
     public const string HostName = "local";
     public const string PoolName = "pool0";
+    public const string DefaultDiskSize = "8GiB";
     public static readonly long MinPoolBytes = 16L << 30;
 
     public static Command Create()
@@ -28,7 +29,7 @@ public static class UpCommand
         var nbdListen = new Option<string>("--nbd-listen") { Description = "host:port for NBD", HelpName = "HOST:PORT", DefaultValueFactory = _ => RoleCommands.DefaultNbdListen };
         var controllerListen = new Option<string>("--controller-listen") { Description = "host:port for the controller (agents and admin API)", HelpName = "HOST:PORT", DefaultValueFactory = _ => RoleCommands.DefaultControllerListen };
         var disk = new Option<string>("--disk") { Description = "Disk to create and present when absent", HelpName = "NAME", DefaultValueFactory = _ => "demo" };
-        var size = Arguments.SizeOption("--size", "Size of that disk when it is created", "8GiB");
+        var size = Arguments.SizeOption("--size", "Size of that disk when it is created", DefaultDiskSize);
         var logLevel = Serving.LogLevelOption();
         var command = new Command("up", "Run controller + agent (host 'local') + a file container in one process, with a disk ready over NBD")
         {
@@ -40,7 +41,7 @@ public static class UpCommand
             var nbdEndPoint = Arguments.ListenAddress("--nbd-listen", r.GetValue(nbdListen));
             var controllerEndPoint = Arguments.ListenAddress("--controller-listen", r.GetValue(controllerListen));
             var diskName = Arguments.Name("disk", r.GetValue(disk));
-            var diskBytes = Arguments.PositiveSize("--size", r.GetValue(size));
+            var diskBytes = Arguments.PositiveSize("--size", Arguments.SizeValue(r, size, DefaultDiskSize));
             return await Run(dataDir, nbdEndPoint, controllerEndPoint, diskName, diskBytes, r.GetValue(logLevel));
         });
         return command;

@@ -30,6 +30,9 @@ public sealed class AdminConnection : IDisposable
 
     public Admin.AdminClient Client { get; }
 
+    /// <summary>The snapshots/clones/resize service (snapshots.proto) on the same channel.</summary>
+    public Snapshots.SnapshotsClient Snapshots => new(_channel);
+
     /// <summary>Per-call options: deadline plus the command's cancellation.</summary>
     public CallOptions Call(CancellationToken cancellationToken) =>
         new(deadline: DateTime.UtcNow.Add(CallTimeout), cancellationToken: cancellationToken);

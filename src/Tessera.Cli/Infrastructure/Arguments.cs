@@ -33,9 +33,14 @@ public static partial class Arguments
                 return 0;
             },
         };
-        if (defaultText is not null) option.DefaultValueFactory = _ => ByteSize.Parse(defaultText);
+        // The default is shown as written ("8GiB"), not as a byte count, so it lives in the description; read it with SizeValue.
+        if (defaultText is not null) option.Description += $" [default: {defaultText}]";
         return option;
     }
+
+    /// <summary>The value of a size option, or its default (as given to <see cref="SizeOption"/>) when absent.</summary>
+    public static long SizeValue(ParseResult parseResult, Option<long> option, string defaultText) =>
+        parseResult.GetResult(option) is null ? ByteSize.Parse(defaultText) : parseResult.GetValue(option);
 
     /// <summary>The admin API address: --controller, else $TESSERA_CONTROLLER, else http://127.0.0.1:7400.</summary>
     public static Option<string> ControllerOption(bool required = false)
@@ -105,7 +110,7 @@ public static partial class Arguments
     public static uint SegmentSize(long bytes)
     {
         if (bytes < MinSegmentSizeBytes || bytes > MaxSegmentSizeBytes || (bytes & (bytes - 1)) != 0)
-            throw CliException.Usage($"--segment-size: {ByteSize.Format(bytes)} is not a power of two between 64 KiB and 64 MiB");
+            throw CliException.Usage($"--segment-size: must be a power of two between 64 KiB and 64 MiB, not {ByteSize.Format(bytes)}");
         return (uint)bytes;
     }
 

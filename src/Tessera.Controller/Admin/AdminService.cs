@@ -145,7 +145,8 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
     public override Task<ListDisksReply> ListDisks(ListDisksRequest request, ServerCallContext context)
     {
         var reply = new ListDisksReply();
-        foreach (var d in Store.ListDisks()) reply.Disks.Add(View(d));
+        foreach (var d in Store.ListDisks())
+            if (!d.Name.Contains(ControllerStore.SnapshotSeparator)) reply.Disks.Add(View(d)); // snapshots: tessera snapshot list
         return Task.FromResult(reply);
     }
 
@@ -190,6 +191,8 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
     {
         var disk = FindDisk(request.Disk);
         CheckHost(request.Host);
+        if (Store.GetSnapshot(disk.Id) is { } snapshot && (!request.ReadOnly || !snapshot.Ready))
+            throw Error(StatusCode.FailedPrecondition, $"'{disk.Name}' is a snapshot: present it with --read-only");
         if (!Store.AddPresentation(disk.Id, request.Host, request.ReadOnly))
             throw Error(StatusCode.AlreadyExists, $"disk '{disk.Name}' is already presented to {request.Host}");
         if (_core.Sessions.Get(request.Host) is { } session)

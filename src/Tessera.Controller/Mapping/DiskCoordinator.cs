@@ -222,12 +222,7 @@ public sealed partial class DiskCoordinator
         return Retry(fault, disk, segment, false);
     }
 
-    /// <summary>
-    /// Seam for copy-on-write: a write to a NoWrite (shared, snapshotted) segment will copy it to new space,
-    /// remap this disk and answer retry. Until snapshots exist nothing sets NoWrite, so this is an error.
-    /// </summary>
-    private Task<FaultResponse> WriteToSharedAsync(AgentSession session, MapFault fault, DiskRow disk, long segment, MapEntry entry) =>
-        Task.FromResult(Fail(fault, IoStatus.IoError, $"segment {segment} of {disk.Name} is write-protected ({entry}); copy-on-write is not implemented yet"));
+    // WriteToSharedAsync (copy-on-write) is in DiskCoordinator.Snapshots.cs.
 
     // ------------------------------------------------------------------ table changes
 
@@ -305,10 +300,10 @@ public sealed partial class DiskCoordinator
         ulong diskId = disk.Id;
         var rows = _store.GetSegments(diskId, first, count);
         if (rows.Count == 0) return;
-        _store.SetEntries(diskId, rows.Select(r => (r.Segment, MapEntry.Zero)).ToList());
+        // Only locations no snapshot or clone still names are freed (reference counting in the store).
+        var unreferenced = _store.SetEntriesReleasing(diskId, rows.Select(r => (r.Segment, MapEntry.Zero)).ToList());
         await PushAsync(diskId, first, count, MapEntry.Zero, blocking: true, except: null).ConfigureAwait(false);
-        foreach (var row in rows)
-            if (row.Entry.ContainerId != 0) _pool.Free(row.Entry.ContainerId, row.Entry.PhysicalIndex, disk.UnitsPerSegment);
+        Free(unreferenced, disk.UnitsPerSegment);
     }
 
     /// <summary>
@@ -369,8 +364,8 @@ public sealed partial class DiskCoordinator
     {
         using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
         if (_store.ListPresentations(disk.Id).Count > 0) return false;
-        foreach (var row in _store.DeleteDisk(disk.Id))
-            if (row.Entry.ContainerId != 0) _pool.Free(row.Entry.ContainerId, row.Entry.PhysicalIndex, disk.UnitsPerSegment);
+        CheckNoSnapshots(disk);
+        Free(_store.DeleteDiskReleasing(disk.Id), disk.UnitsPerSegment);
         return true;
     }
 

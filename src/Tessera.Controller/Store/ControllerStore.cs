@@ -29,9 +29,9 @@ public readonly record struct SegmentRow(ulong DiskId, long Segment, MapEntry En
 ///
 /// One connection, one lock: the control path is not hot and SQLite serialises writers anyway.
 /// </summary>
-public sealed class ControllerStore : IDisposable
+public sealed partial class ControllerStore : IDisposable
 {
-    public const int SchemaVersion = 1;
+    public const int SchemaVersion = 2; // 2: snapshots (ControllerStore.Snapshots.cs)
 
     private const string Schema = """
         CREATE TABLE meta (
@@ -110,9 +110,11 @@ public sealed class ControllerStore : IDisposable
                 if (fresh)
                 {
                     Exec(db, tx, Schema);
+                    Exec(db, tx, SnapshotSchema);
                     Exec(db, tx, "INSERT INTO meta(key, value) VALUES ('schema_version', $v), ('controller_epoch', '0')", ("$v", SchemaVersion.ToString(CultureInfo.InvariantCulture)));
                 }
                 var version = Convert.ToInt32(Scalar(db, tx, "SELECT value FROM meta WHERE key='schema_version'"), CultureInfo.InvariantCulture);
+                version = MigrateSnapshots(db, tx, version);
                 if (version != SchemaVersion)
                     throw new InvalidOperationException($"store {path} has schema version {version}, this controller understands {SchemaVersion}");
                 epoch = Convert.ToUInt64(Scalar(db, tx, "SELECT value FROM meta WHERE key='controller_epoch'"), CultureInfo.InvariantCulture) + 1;

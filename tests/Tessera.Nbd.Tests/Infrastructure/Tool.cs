@@ -17,7 +17,7 @@ public static class Tool
     }
 
     private static string Missing(string name) =>
-        throw new Xunit.Sdk.XunitException($"'{name}' is not installed; run scripts/test-nbd.sh (it installs qemu-utils, nbdkit, libnbd-bin, python3-libnbd and fio, then runs these tests).");
+        throw new Xunit.Sdk.XunitException($"'{name}' is not installed; run scripts/test.sh (the project's test command installs qemu-utils, nbdkit, libnbd-bin, python3-libnbd and fio).");
 
     public static async Task<(int Exit, string Stdout, string Stderr)> RunAsync(string name, IEnumerable<string> args, int timeoutSeconds = 60)
     {
