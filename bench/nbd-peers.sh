@@ -19,6 +19,9 @@
 #      the controller first) once from start to end, and the allocated disk the same way;
 #   7. prints medians per workload and server, and the ratio Tessera / best peer; --out writes markdown.
 #
+# Optional server "tessera-file" (add it to --servers): Tessera's NBD server alone on the same file with no
+# mapping table (bench/Tessera.Nbd.Bench, the identity map), for the ratio mapped disk / identity map.
+#
 # Everything it starts is stopped on exit. With the defaults it takes about 8 minutes.
 set -euo pipefail
 
@@ -70,6 +73,10 @@ if [[ ${#need_pkgs[@]} -gt 0 ]]; then
     say "installing ${need_pkgs[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+if [[ " $servers " == *" tessera-file "* ]]; then
+    say "building bench/Tessera.Nbd.Bench (once)"
+    dotnet build "$root/bench/Tessera.Nbd.Bench/Tessera.Nbd.Bench.csproj" -c Release -nologo -v quiet >/dev/null
 fi
 if [[ " $servers " == *" tessera "* ]]; then
     [[ -x "$root/tessera" ]] || { echo "nbd-peers: $root/tessera not found (the CLI launcher); run from a checkout of main" >&2; exit 1; }
@@ -162,6 +169,21 @@ start_nbdkit() {
     fi
 }
 
+start_tessera_file() {
+    local port
+    port="$(free_port)"
+    # Same thread-pool setting as the tessera host (src/Tessera.Cli/Tessera.Cli.csproj), so only the map differs.
+    DOTNET_ThreadPool_UnfairSemaphoreSpinLimit="${DOTNET_ThreadPool_UnfairSemaphoreSpinLimit:-0}" \
+        dotnet "$root/bench/Tessera.Nbd.Bench/bin/Release/net10.0/Tessera.Nbd.Bench.dll" "$backing" "$port" >"$tmp/tessera-file.log" 2>&1 &
+    local pid=$!
+    started_pids+=("$pid")
+    if wait_port "$port" "$pid" tessera-file 60; then
+        pid_of[tessera-file]=$pid; uri_of[tessera-file]="nbd://127.0.0.1:$port/bench"; active+=(tessera-file)
+    else
+        say "skipping tessera-file: $(tail -n 3 "$tmp/tessera-file.log" | tr '\n' ' ')"
+    fi
+}
+
 controller_url=""
 start_tessera() {
     local port cport
@@ -187,6 +209,7 @@ for s in $servers; do
         qemu-uring) start_qemu qemu-uring io_uring ;;
         nbdkit) start_nbdkit ;;
         tessera) start_tessera ;;
+        tessera-file) start_tessera_file ;;
         *) echo "nbd-peers: unknown server $s" >&2; exit 2 ;;
     esac
 done
@@ -309,9 +332,9 @@ workloads = [w for w in names if any(k[0] == w for k in data)]
 servers = []
 for _, s in data:
     if s not in servers and not s.startswith("thin"): servers.append(s)
-order = ["qemu-threads", "qemu-uring", "nbdkit", "tessera"]
+order = ["qemu-threads", "qemu-uring", "nbdkit", "tessera-file", "tessera"]
 servers.sort(key=lambda s: order.index(s) if s in order else 99)
-peers = [s for s in servers if s != "tessera"]
+peers = [s for s in servers if s not in ("tessera", "tessera-file")]
 
 lines = []
 lines.append(f"Medians of {rounds} interleaved rounds, {runtime} s per run after a {ramp} s ramp, fio --ioengine=nbd, one connection.")
@@ -331,11 +354,21 @@ for w in workloads:
         bi = med([x[0] for x in data[(w, best)]]); ti = med([x[0] for x in t])
         bc = med([x[3] for x in data[(w, best)]]); tc = med([x[3] for x in t])
         summary.append(f"| {names[w]} | {best} | {ti / bi:.2f} | {tc / bc:.2f} |")
+identity = []
+for w in workloads:
+    t, f = data.get((w, "tessera")), data.get((w, "tessera-file"))
+    if t and f:
+        identity.append(f"| {names[w]} | {med([x[0] for x in t]) / med([x[0] for x in f]):.2f} | {med([x[3] for x in t]) / med([x[3] for x in f]):.2f} |")
 if summary:
     lines.append("")
     lines.append("| workload | best peer | Tessera / best peer (throughput) | Tessera / best peer (CPU per I/O) |")
     lines.append("|---|---|--:|--:|")
     lines += summary
+if identity:
+    lines.append("")
+    lines.append("| workload | mapped disk / identity map (throughput) | mapped / identity (CPU per I/O) |")
+    lines.append("|---|--:|--:|")
+    lines += identity
 thin = {s: v for (w, s), v in data.items() if w == "thin-seqwrite"}
 fresh = [x for s, v in thin.items() if s.startswith("thin") for x in v]
 alloc = thin.get("tessera", [])

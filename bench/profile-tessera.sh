@@ -36,7 +36,7 @@ wait_export() { local d=$((SECONDS + 120)); until nbdinfo --size "$1" >/dev/null
 "$root/tessera" --help >/dev/null
 head -c $((1 << 30)) /dev/urandom >"$tmp/backing.img"
 port="$(free_port)"; cport="$(free_port)"
-DOTNET_PerfMapEnabled=1 "$root/tessera" up --data "$tmp/tessera" --nbd-listen "127.0.0.1:$port" --controller-listen "127.0.0.1:$cport" \
+DOTNET_PerfMapEnabled="${PERFMAP:-1}" "$root/tessera" up --data "$tmp/tessera" --nbd-listen "127.0.0.1:$port" --controller-listen "127.0.0.1:$cport" \
     --disk bench --size 1GiB >"$tmp/tessera.log" 2>&1 &
 pid=$!; pids+=("$pid")
 uri="nbd://127.0.0.1:$port/bench"
