@@ -89,6 +89,7 @@ public sealed partial class ControllerHost : IAsyncDisposable
             var app = builder.Build();
             app.MapGrpcService<AgentChannelService>();
             app.MapGrpcService<AdminService>();
+            app.MapGrpcService<OperationsService>();
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
 
             var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

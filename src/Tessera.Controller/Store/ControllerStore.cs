@@ -29,7 +29,7 @@ public readonly record struct SegmentRow(ulong DiskId, long Segment, MapEntry En
 ///
 /// One connection, one lock: the control path is not hot and SQLite serialises writers anyway.
 /// </summary>
-public sealed class ControllerStore : IDisposable
+public sealed partial class ControllerStore : IDisposable
 {
     public const int SchemaVersion = 1;
 
@@ -115,6 +115,7 @@ public sealed class ControllerStore : IDisposable
                 var version = Convert.ToInt32(Scalar(db, tx, "SELECT value FROM meta WHERE key='schema_version'"), CultureInfo.InvariantCulture);
                 if (version != SchemaVersion)
                     throw new InvalidOperationException($"store {path} has schema version {version}, this controller understands {SchemaVersion}");
+                Exec(db, tx, OperationsSchema); // additive tables (IF NOT EXISTS): also upgrades a store made before them
                 epoch = Convert.ToUInt64(Scalar(db, tx, "SELECT value FROM meta WHERE key='controller_epoch'"), CultureInfo.InvariantCulture) + 1;
                 Exec(db, tx, "UPDATE meta SET value=$e WHERE key='controller_epoch'", ("$e", epoch.ToString(CultureInfo.InvariantCulture)));
                 tx.Commit();
