@@ -90,6 +90,7 @@ public static class DiskCommands
                 ("presented to", Format.Presentations(disk.Presentations)),
                 ("created", Format.OrDash(disk.CreatedAt)),
             ]);
+            await OperationsCommands.PrintLocationsAsync(admin, disk.Name, ct);
             return ExitCodes.Ok;
         });
         return command;
