@@ -132,7 +132,16 @@ public sealed partial class MigrationRunner
                     await _wake.WaitAsync(stopping).ConfigureAwait(false);
                     continue;
                 }
-                await RunAsync(job, stopping).ConfigureAwait(false);
+                try
+                {
+                    await RunAsync(job, stopping).ConfigureAwait(false);
+                }
+                catch (Exception e) when (!stopping.IsCancellationRequested)
+                {
+                    // A bug or a store error: fail this job visibly rather than leave it "running" forever.
+                    LogJobCrashed(_log, e, job.Id);
+                    Finish(job.Id, "failed", "internal error: " + e.Message.ReplaceLineEndings(" "));
+                }
             }
         }
         catch (Exception) when (stopping.IsCancellationRequested)
@@ -243,6 +252,9 @@ public sealed partial class MigrationRunner
 
     [LoggerMessage(EventId = 401, Level = LogLevel.Information, Message = "migration job {Id}: a half-moved segment was rolled {Direction}")]
     private static partial void LogResumed(ILogger logger, long id, string direction);
+
+    [LoggerMessage(EventId = 403, Level = LogLevel.Error, Message = "migration job {Id} failed unexpectedly")]
+    private static partial void LogJobCrashed(ILogger logger, Exception e, long id);
 
     [LoggerMessage(EventId = 402, Level = LogLevel.Error, Message = "the migration runner stopped")]
     private static partial void LogLoopFailed(ILogger logger, Exception e);
