@@ -392,4 +392,35 @@ public class MigrationTests(ITestOutputHelper output)
             Assert.Equal(BlockWriter.Data(3, off / BlockWriter.Block, 1), back);
         }
     }
+    // Proves an operator can fail a container (EIO on its segments at once, pushed with the blocking flag) and repair it after a successful probe: its Error segments stay Error, new segments may land on it again.
+    [Fact]
+    public async Task Operator_fail_and_repair_a_container()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("d1", 4 << 20, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        await using var nbd = await Cluster.OpenAsync(agent, "d1");
+        Assert.Equal(0u, await nbd.WriteAsync(0, BlockWriter.Data(4, 0, 1)));
+        var ops = Ops(c, out var channel);
+        using var _ = channel;
+        var failed = await ops.FailContainerAsync(new FailContainerRequest { Name = "pool0", Reason = "disk replaced" });
+        Assert.Equal("failed", failed.Health);
+        Assert.Equal("disk replaced", failed.FailureReason);
+        var buf = new byte[BlockWriter.Block];
+        Assert.Equal(5u, await nbd.ReadAsync(0, buf)); // the push was blocking: no fault needed to see it
+        // Only moves toward worse: failing again keeps the first reason.
+        Assert.Equal("disk replaced", (await ops.FailContainerAsync(new FailContainerRequest { Name = "pool0", Reason = "other" })).FailureReason);
+        // No healthy container: a first write to a thin segment gets ENOSPC, not a segment on the failed container.
+        Assert.Equal(28u, await nbd.WriteAsync(2 * Seg, BlockWriter.Data(4, 2 * Seg / BlockWriter.Block, 1)));
+
+        var repaired = await ops.RepairContainerAsync(new ContainerRef { Name = "pool0" });
+        Assert.Equal("ok", repaired.Health);
+        Assert.Equal(5u, await nbd.ReadAsync(0, buf));
+        Assert.Equal(0u, await nbd.WriteAsync(2 * Seg, BlockWriter.Data(4, 2 * Seg / BlockWriter.Block, 1)));
+        Assert.Equal(0u, await nbd.ReadAsync(2 * Seg, buf));
+        Assert.Equal(BlockWriter.Data(4, 2 * Seg / BlockWriter.Block, 1), buf);
+        var locations = await ops.GetDiskLocationsAsync(new DiskRef { Name = "d1" });
+        var pool0 = locations.Containers.Single();
+        Assert.Equal((1ul, 1ul), (pool0.Segments, pool0.ErrorSegments));
+    }
 }
