@@ -26,6 +26,9 @@ internal sealed class BlockWriter
     private readonly CancellationTokenSource _stop = new();
     private Task? _task;
 
+    /// <summary>What a block holds before this writer's first write to it (default: zeros).</summary>
+    public Func<long, byte[]> Initial { get; init; } = _ => new byte[Block];
+
     public BlockWriter(NbdClient nbd, IEnumerable<long> blocks, int tag, int seed)
     {
         _nbd = nbd;
@@ -80,7 +83,7 @@ internal sealed class BlockWriter
         foreach (var block in _blocks)
         {
             Assert.Equal(0u, await reader.ReadAsync(block * Block, back));
-            var expected = Acked.TryGetValue(block, out int g) ? Data(_tag, block, g) : new byte[Block];
+            var expected = Acked.TryGetValue(block, out int g) ? Data(_tag, block, g) : Initial(block);
             if (!back.AsSpan().SequenceEqual(expected))
             {
                 if (bad++ == 0) first = $"block {block}: expected generation {g}, read tag {BinaryPrimitives.ReadInt32LittleEndian(back)} generation {BinaryPrimitives.ReadInt32LittleEndian(back.AsSpan(12))}";
@@ -121,6 +124,9 @@ public class MigrationTests(ITestOutputHelper output)
     private void Report(string what, JobView job) =>
         output.WriteLine($"{what}: {job.MovedSegments} segments ({job.MovedBytes} bytes) in {job.ElapsedSeconds:F2} s = {job.BytesPerSecond / (1 << 20):F1} MiB/s; " +
             $"per-segment pause p50 {job.PauseP50Ms:F2} ms, p99 {job.PauseP99Ms:F2} ms, max {job.PauseMaxMs:F2} ms ({job.PauseSamples} samples); {job.Message}");
+
+    /// <summary>What <see cref="FilledDiskAsync"/> leaves in a block: the fill pattern in each segment's first block, zeros elsewhere.</summary>
+    private static byte[] Filled(long block) => block % (Seg / BlockWriter.Block) == 0 ? BlockWriter.Data(99, block, 0) : new byte[BlockWriter.Block];
 
     /// <summary>Creates a disk on pool0 only and fills every segment, so it all has to move.</summary>
     private static async Task<(AgentHost Agent, NbdClient Nbd)> FilledDiskAsync(Cluster c, string disk, params string[] hosts)
@@ -212,8 +218,8 @@ public class MigrationTests(ITestOutputHelper output)
         Assert.Equal(StatusCode.FailedPrecondition, refused.StatusCode);
 
         long blocks = DiskSize / BlockWriter.Block;
-        var w1 = new BlockWriter(n1, Enumerable.Range(0, (int)blocks).Select(b => (long)b).Where(b => b % 2 == 0), 1, 1);
-        var w2 = new BlockWriter(n2, Enumerable.Range(0, (int)blocks).Select(b => (long)b).Where(b => b % 2 == 1), 2, 2);
+        var w1 = new BlockWriter(n1, Enumerable.Range(0, (int)blocks).Select(b => (long)b).Where(b => b % 2 == 0), 1, 1) { Initial = Filled };
+        var w2 = new BlockWriter(n2, Enumerable.Range(0, (int)blocks).Select(b => (long)b).Where(b => b % 2 == 1), 2, 2) { Initial = Filled };
         w1.Start();
         w2.Start();
         while (Interlocked.Read(ref w1.Writes) < 100 || Interlocked.Read(ref w2.Writes) < 100) await Task.Delay(5);
@@ -247,7 +253,7 @@ public class MigrationTests(ITestOutputHelper output)
         var (_, nbd) = await FilledDiskAsync(c, "d1", "h1");
         await using var _ = nbd;
         await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "pool1", Uri = "file://" + Path.Combine(c.Dir, "pool1.img"), SizeBytes = 256 << 20 });
-        var writer = new BlockWriter(nbd, Enumerable.Range(0, (int)(DiskSize / BlockWriter.Block)).Select(b => (long)b), 1, 7);
+        var writer = new BlockWriter(nbd, Enumerable.Range(0, (int)(DiskSize / BlockWriter.Block)).Select(b => (long)b), 1, 7) { Initial = Filled };
         writer.Start();
         var ops = Ops(c, out var channel);
         var job = await ops.MigrateDiskAsync(new MigrateDiskRequest { Disk = "d1", To = "pool1" });

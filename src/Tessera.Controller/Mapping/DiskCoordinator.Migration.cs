@@ -112,8 +112,10 @@ public sealed partial class DiskCoordinator
         var moved = _store.RelocateSegment(jobId, old.ContainerId, old.PhysicalIndex, newContainer, newIndex);
         foreach (var r in moved) await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: true, except: null).ConfigureAwait(false);
         pause.Stop();
-        _pool.Free(old.ContainerId, old.PhysicalIndex, units);
+        // Cursor first, then free: once the units are free another disk may map them, and a restart must not find
+        // a "persisted" cursor that would reserve them again.
         _store.ClearJobCursor(jobId, disk.SegmentSizeBytes);
+        _pool.Free(old.ContainerId, old.PhysicalIndex, units);
         LogMoved(_log, disk.Name, refs.Count, source.Name, target.Name, pause.Elapsed.TotalMilliseconds);
         return new(true, disk.SegmentSizeBytes, pause.Elapsed, null, 0, false);
     }
@@ -130,8 +132,8 @@ public sealed partial class DiskCoordinator
         {
             foreach (var r in _store.RowsAt(job.CurNewContainer, job.CurNewIndex))
                 await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: true, except: null).ConfigureAwait(false);
-            _pool.Free(job.CurOldContainer, job.CurOldIndex, units);
             _store.ClearJobCursor(job.Id, (long)units * MapEntry.PhysicalUnitBytes);
+            _pool.Free(job.CurOldContainer, job.CurOldIndex, units);
         }
     }
 

@@ -68,7 +68,18 @@ public sealed partial class MigrationRunner
         foreach (var job in Store.ListMigrationJobs(unfinishedOnly: true))
         {
             if (job.CurPhase == "persisted" && Store.GetDisk(job.CurDiskId) is { } disk)
-                _core.Pool.MarkUsed(job.CurOldContainer, job.CurOldIndex, disk.UnitsPerSegment);
+            {
+                try
+                {
+                    _core.Pool.MarkUsed(job.CurOldContainer, job.CurOldIndex, disk.UnitsPerSegment);
+                }
+                catch (InvalidOperationException e)
+                {
+                    // The map uses them again: the cursor is stale (cannot happen with the cursor-before-free order).
+                    LogStaleCursor(_log, e, job.Id);
+                    Store.ClearJobCursor(job.Id, 0);
+                }
+            }
         }
         _loop = Task.Run(LoopAsync);
     }
@@ -255,6 +266,9 @@ public sealed partial class MigrationRunner
 
     [LoggerMessage(EventId = 403, Level = LogLevel.Error, Message = "migration job {Id} failed unexpectedly")]
     private static partial void LogJobCrashed(ILogger logger, Exception e, long id);
+
+    [LoggerMessage(EventId = 404, Level = LogLevel.Error, Message = "migration job {Id}: the old units of its persisted cursor are mapped again; cursor dropped")]
+    private static partial void LogStaleCursor(ILogger logger, Exception e, long id);
 
     [LoggerMessage(EventId = 402, Level = LogLevel.Error, Message = "the migration runner stopped")]
     private static partial void LogLoopFailed(ILogger logger, Exception e);

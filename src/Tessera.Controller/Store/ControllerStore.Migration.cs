@@ -88,7 +88,7 @@ public sealed partial class ControllerStore
     public void SetJobCursor(long jobId, ulong diskId, long segment, MapEntry oldEntry, ushort newContainer, long newIndex)
     {
         lock (_lock)
-            Exec(_db, null, "UPDATE migration_jobs SET cur_disk_id=$d, cur_segment=$s, cur_old_container=$oc, cur_old_index=$oi, cur_new_container=$nc, cur_new_index=$ni, cur_phase='copying' WHERE id=$j",
+            ExecOrdered("UPDATE migration_jobs SET cur_disk_id=$d, cur_segment=$s, cur_old_container=$oc, cur_old_index=$oi, cur_new_container=$nc, cur_new_index=$ni, cur_phase='copying' WHERE id=$j",
                 ("$j", jobId), ("$d", (long)diskId), ("$s", segment), ("$oc", (long)oldEntry.ContainerId), ("$oi", oldEntry.PhysicalIndex), ("$nc", (long)newContainer), ("$ni", newIndex));
     }
 
@@ -96,8 +96,29 @@ public sealed partial class ControllerStore
     public void ClearJobCursor(long jobId, long movedBytes)
     {
         lock (_lock)
-            Exec(_db, null, "UPDATE migration_jobs SET cur_phase='', moved_segments=moved_segments + $m, moved_bytes=moved_bytes + $b WHERE id=$j",
+            ExecOrdered("UPDATE migration_jobs SET cur_phase='', moved_segments=moved_segments + $m, moved_bytes=moved_bytes + $b WHERE id=$j",
                 ("$j", jobId), ("$m", movedBytes > 0 ? 1L : 0L), ("$b", movedBytes));
+    }
+
+    /// <summary>
+    /// A commit that is ordered but not synced (WAL with synchronous=NORMAL): a crash may lose it, but only together
+    /// with every later commit, because the WAL is appended in order and the next synchronous commit syncs it too.
+    /// Used for the job cursor's "copying" and "cleared" writes, whose loss recovery handles exactly like their
+    /// absence: a lost "copying" is a segment not started (nothing to undo); a lost "cleared" leaves "persisted",
+    /// and then no later commit can have mapped the freed units to anyone, so reserving them again at start is sound.
+    /// The one cursor write that must be durable before it is acted on is "persisted" (RelocateSegment).
+    /// </summary>
+    private void ExecOrdered(string sql, params (string, object)[] args)
+    {
+        Exec(_db, null, "PRAGMA synchronous=NORMAL;");
+        try
+        {
+            Exec(_db, null, sql, args);
+        }
+        finally
+        {
+            Exec(_db, null, "PRAGMA synchronous=FULL;");
+        }
     }
 
     public void SetJobTotal(long jobId, long totalSegments)
