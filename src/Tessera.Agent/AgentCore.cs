@@ -47,6 +47,7 @@ public sealed partial class AgentCore : IFaultSink
         _logger = logger;
         FaultTimeoutMs = faultTimeoutMs;
         Incarnation = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+        containers.IoErrorObserved = ReportContainerError;
     }
 
     public string HostName { get; }

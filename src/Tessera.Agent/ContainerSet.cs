@@ -27,6 +27,11 @@ public sealed class ContainerSet
         internal int Dirty;
     }
 
+    /// <summary>Called when an operation on a container returns <see cref="IoStatus.IoError"/> (set before any Upsert).</summary>
+    public Action<uint, string>? IoErrorObserved { get; set; }
+
+    internal void OnIoError(uint id, string what) => IoErrorObserved?.Invoke(id, what);
+
     public Slot? Get(ushort id)
     {
         var slots = _slots;
@@ -46,6 +51,7 @@ public sealed class ContainerSet
                 reason = e.Message;
             }
         }
+        if (container is not null && IoErrorObserved is not null) container = new ReportingContainer(container, id, this);
         var slot = new Slot { Id = id, Name = name, Uri = uri, Container = container, Failed = container is null, FailureReason = reason };
         lock (this)
         {

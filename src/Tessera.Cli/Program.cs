@@ -15,6 +15,7 @@ var root = new RootCommand("Tessera: virtual disks over a pool of storage contai
     StatusCommand.Create(),
     StoreCommand.Create(),
 };
+OperationsCommands.AddTo(root); // disk migrate/locations, container evacuate/remove/fail/repair
 
 var parseResult = root.Parse(args);
 if (parseResult.Errors.Count > 0)

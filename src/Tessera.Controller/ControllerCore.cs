@@ -30,7 +30,10 @@ public sealed class ControllerCore : IDisposable
         }
         Sessions = new SessionRegistry();
         Coordinator = new DiskCoordinator(Store, Pool, Sessions, loggerFactory.CreateLogger<DiskCoordinator>(), _stopping.Token, Time, TimeSpan.FromMilliseconds(options.LeaseMs));
+        Migrations = new Operations.MigrationRunner(this, loggerFactory.CreateLogger<Operations.MigrationRunner>()); // resumes unfinished jobs
     }
+
+    public Operations.MigrationRunner Migrations { get; }
 
     public ControllerOptions Options { get; }
     public TimeProvider Time { get; }
@@ -67,6 +70,7 @@ public sealed class ControllerCore : IDisposable
     public void Dispose()
     {
         Stop();
+        Migrations.WaitStopped();
         Store.Dispose();
         _stopping.Dispose();
     }

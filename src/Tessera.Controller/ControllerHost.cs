@@ -90,6 +90,7 @@ public sealed partial class ControllerHost : IAsyncDisposable
             app.MapGrpcService<AgentChannelService>();
             app.MapGrpcService<AdminService>();
             app.MapGrpcService<SnapshotService>();
+            app.MapGrpcService<OperationsService>();
             await app.StartAsync(cancellationToken).ConfigureAwait(false);
 
             var bound = app.Services.GetRequiredService<IServer>().Features.Get<IServerAddressesFeature>()!.Addresses.First();

@@ -33,6 +33,27 @@ public class StoreTests
             key TEXT PRIMARY KEY NOT NULL,
             value TEXT NOT NULL
         )
+        table migration_jobs: CREATE TABLE migration_jobs (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            kind TEXT NOT NULL,
+            disk_id INTEGER NOT NULL DEFAULT 0,
+            source_container INTEGER NOT NULL DEFAULT 0,
+            target_container INTEGER NOT NULL DEFAULT 0,
+            state TEXT NOT NULL,
+            message TEXT NOT NULL DEFAULT '',
+            total_segments INTEGER NOT NULL DEFAULT 0,
+            moved_segments INTEGER NOT NULL DEFAULT 0,
+            moved_bytes INTEGER NOT NULL DEFAULT 0,
+            cur_disk_id INTEGER NOT NULL DEFAULT 0,
+            cur_segment INTEGER NOT NULL DEFAULT 0,
+            cur_old_container INTEGER NOT NULL DEFAULT 0,
+            cur_old_index INTEGER NOT NULL DEFAULT 0,
+            cur_new_container INTEGER NOT NULL DEFAULT 0,
+            cur_new_index INTEGER NOT NULL DEFAULT 0,
+            cur_phase TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            finished_at TEXT NOT NULL DEFAULT ''
+        )
         table presentations: CREATE TABLE presentations (
             disk_id INTEGER NOT NULL REFERENCES disks(id),
             host TEXT NOT NULL,

@@ -95,6 +95,7 @@ public static class DiskCommands
                 ("created", Format.Time(disk.CreatedAt)),
                 .. DiskSnapshotCommands.SharingProperties(sharing),
             ]);
+            await OperationsCommands.PrintLocationsAsync(admin, disk.Name, ct);
             return ExitCodes.Ok;
         });
         return command;

@@ -24,7 +24,11 @@ public sealed class AdminConnection : IDisposable
             MaxRetryAttempts = 0,
         });
         Client = new Admin.AdminClient(_channel);
+        Operations = new Operations.OperationsClient(_channel);
     }
+
+    /// <summary>Migration jobs and the container lifecycle (operations.proto).</summary>
+    public Operations.OperationsClient Operations { get; }
 
     public string Url { get; }
 

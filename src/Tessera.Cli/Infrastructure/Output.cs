@@ -29,6 +29,9 @@ public static class Output
         return console;
     });
 
+    /// <summary>The terminal, for live widgets such as progress bars.</summary>
+    public static IAnsiConsole Screen => Terminal.Value;
+
     public static bool WantsJson(ParseResult parseResult) => parseResult.GetValue(JsonOption);
 
     public static void Json<T>(T value) => Console.Out.WriteLine(JsonSerializer.Serialize(value, JsonOptions));

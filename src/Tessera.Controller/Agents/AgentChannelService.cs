@@ -83,6 +83,11 @@ public sealed partial class AgentChannelService : AgentChannel.AgentChannelBase
                     case AgentMessage.BodyOneofCase.Reply:
                         session.OnReply(message.Reply);
                         break;
+                    case AgentMessage.BodyOneofCase.ContainerError:
+                        if (message.ContainerError.ContainerId is > 0 and <= ushort.MaxValue)
+                            _ = _core.Coordinator.OnContainerErrorReported((ushort)message.ContainerError.ContainerId, "agent " + session.Host,
+                                message.ContainerError.Message.Length > 200 ? message.ContainerError.Message[..200] : message.ContainerError.Message);
+                        break;
                     default:
                         session.Close($"unexpected {message.BodyCase} message");
                         throw new RpcException(new Status(StatusCode.InvalidArgument, $"unexpected {message.BodyCase} message after Register"));

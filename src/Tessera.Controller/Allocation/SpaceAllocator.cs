@@ -111,7 +111,7 @@ public sealed class ContainerSpace
 /// The pool: every healthy container's free space. New segments go to the container with the most free units
 /// that can fit them, which spreads a fresh pool's load evenly and fills the emptiest container first later.
 /// </summary>
-public sealed class SpacePool
+public sealed partial class SpacePool
 {
     private readonly Dictionary<ushort, ContainerSpace> _spaces = new();
     private readonly HashSet<ushort> _failed = new();

@@ -28,8 +28,6 @@ public sealed partial class DiskCoordinator
     private static readonly Counter<long> s_copies = s_meter.CreateCounter<long>("tessera.controller.cow_copies", description: "shared segments copied on write");
     private static readonly Counter<long> s_unshared = s_meter.CreateCounter<long>("tessera.controller.cow_unshared", description: "NoWrite cleared on a segment no one else references");
 
-    private const int CopyChunkBytes = 1 << 20;
-
     // ------------------------------------------------------------------ snapshots
 
     /// <summary>
@@ -123,8 +121,7 @@ public sealed partial class DiskCoordinator
         try
         {
             // Every holder has NoWrite here (the store says so, and no agent is less restrictive), so the source does not change while copied.
-            status = await CopyAsync(ContainerRegistry.Shared.Open(from.Uri), entry.ContainerOffset,
-                ContainerRegistry.Shared.Open(to.Uri), target.ContainerOffset, disk.SegmentSizeBytes).ConfigureAwait(false);
+            (status, _, _) = await CopyAsync(from, to, entry.ContainerOffset, target.ContainerOffset, disk.SegmentSizeBytes).ConfigureAwait(false);
             if (status == IoStatus.Ok)
             {
                 unreferenced = _store.SetEntriesReleasing(disk.Id, [(segment, target)]);
@@ -143,19 +140,6 @@ public sealed partial class DiskCoordinator
         await PushAsync(disk.Id, segment, 1, target, blocking: true, except: null).ConfigureAwait(false);
         Free(unreferenced, units);
         return Retry(fault, disk, segment, false);
-    }
-
-    private async Task<IoStatus> CopyAsync(IStorageContainer source, long sourceOffset, IStorageContainer target, long targetOffset, int length)
-    {
-        var buffer = new byte[Math.Min(length, CopyChunkBytes)];
-        for (int done = 0; done < length; done += buffer.Length)
-        {
-            var status = await source.ReadAsync(sourceOffset + done, buffer, _stopping).ConfigureAwait(false);
-            if (status != IoStatus.Ok) return status;
-            status = await target.WriteAsync(targetOffset + done, buffer, _stopping).ConfigureAwait(false);
-            if (status != IoStatus.Ok) return status;
-        }
-        return await target.FlushAsync(_stopping).ConfigureAwait(false);
     }
 
     // ------------------------------------------------------------------ resize

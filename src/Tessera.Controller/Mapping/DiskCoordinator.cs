@@ -214,7 +214,11 @@ public sealed partial class DiskCoordinator
         {
             if (!persisted) _pool.Free(containerId, firstUnit, units);
         }
-        if (status != IoStatus.Ok) return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
+        if (status != IoStatus.Ok)
+        {
+            if (status == IoStatus.IoError) _ = OnContainerErrorReported(containerId, "the controller", "zeroing a new segment failed"); // probe; mark failed
+            return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
+        }
 
         s_allocations.Add(1);
         LogAllocated(_log, disk.Name, segment, entry.ToString());

@@ -117,6 +117,7 @@ public sealed partial class ControllerStore : IDisposable
                 version = MigrateSnapshots(db, tx, version);
                 if (version != SchemaVersion)
                     throw new InvalidOperationException($"store {path} has schema version {version}, this controller understands {SchemaVersion}");
+                Exec(db, tx, OperationsSchema); // additive tables (IF NOT EXISTS): also upgrades a store made before them
                 epoch = Convert.ToUInt64(Scalar(db, tx, "SELECT value FROM meta WHERE key='controller_epoch'"), CultureInfo.InvariantCulture) + 1;
                 Exec(db, tx, "UPDATE meta SET value=$e WHERE key='controller_epoch'", ("$e", epoch.ToString(CultureInfo.InvariantCulture)));
                 tx.Commit();
