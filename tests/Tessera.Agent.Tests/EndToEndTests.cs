@@ -237,6 +237,53 @@ public class EndToEndTests
         Assert.Equal(Pattern.For(3 * Seg, Seg, 2), back.AsSpan(3 * Seg).ToArray());
     }
 
+    // Proves presentation changes are live: a second host gets the disk while the first keeps writing, and unpresenting
+    // ends the first host's connection with ESHUTDOWN only after its acknowledged writes are readable through the second.
+    [Fact]
+    public async Task Presentation_changes_while_a_host_writes()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("live", 4 << 20, Seg, "h1");
+        var a1 = await c.StartAgentAsync("h1");
+        var a2 = await c.StartAgentAsync("h2");
+        await using var n1 = await Cluster.OpenAsync(a1, "live");
+
+        using var stop = new CancellationTokenSource();
+        long acknowledged = -1; // highest block index whose write h1 got acknowledged
+        uint lastError = 0;
+        var writer = Task.Run(async () =>
+        {
+            for (long block = 0; block < (4 << 20) / 4096 && !stop.IsCancellationRequested; block++)
+            {
+                uint errno;
+                try { errno = await n1.WriteAsync(block * 4096, Pattern.For(block * 4096, 4096, 1)); }
+                catch (NbdClientException) { errno = 108; } // the server may close the connection after answering ESHUTDOWN
+                if (errno != 0) { lastError = errno; return; }
+                Interlocked.Exchange(ref acknowledged, block);
+            }
+        });
+
+        while (Interlocked.Read(ref acknowledged) < 50 && !writer.IsCompleted) await Task.Delay(5);
+        Assert.False(writer.IsCompleted, $"the writer stopped early with errno {lastError}");
+        await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "live", Host = "h2" });
+        await using var n2 = await Cluster.OpenAsync(a2, "live");
+        while (Interlocked.Read(ref acknowledged) < 150 && !writer.IsCompleted) await Task.Delay(5);
+
+        await c.Admin.UnpresentDiskAsync(new UnpresentRequest { Disk = "live", Host = "h1" });
+        await writer.WaitAsync(Cluster.Timeout); // the unpresent must stop h1's writes: the writer ends on an error
+        Assert.Equal(108u /* ESHUTDOWN */, lastError);
+        Assert.Null(a1.Core.FindVolume("live"));
+
+        long last = Interlocked.Read(ref acknowledged);
+        Assert.True(last >= 150);
+        var back = new byte[4096];
+        for (long block = 0; block <= last; block++)
+        {
+            Assert.Equal(0u, await n2.ReadAsync(block * 4096, back));
+            Assert.Equal(Pattern.For(block * 4096, 4096, 1), back);
+        }
+    }
+
     // Proves an nbd:// container served by qemu-nbd holds a disk's bytes: a write through the agent lands in qemu-nbd's backing file at the mapped location.
     [Fact]
     public async Task Nbd_container_served_by_qemu_nbd_stores_the_data()
