@@ -161,29 +161,9 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
         return new Empty();
     }
 
-    private DiskView View(DiskRow d)
-    {
-        long allocated = Store.CountAllocatedSegments(d.Id);
-        var view = new DiskView
-        {
-            Id = d.Id,
-            Name = d.Name,
-            SizeBytes = (ulong)d.SizeBytes,
-            SegmentSizeBytes = (uint)d.SegmentSizeBytes,
-            SegmentCount = (ulong)d.SegmentCount,
-            AllocatedSegments = (ulong)allocated,
-            AllocatedBytes = (ulong)(allocated * d.SegmentSizeBytes),
-            CreatedAt = d.CreatedAt,
-        };
-        foreach (var p in Store.ListPresentations(d.Id)) view.Presentations.Add(new PresentationView { Host = p.Host, ReadOnly = p.ReadOnly });
-        return view;
-    }
+    private DiskView View(DiskRow d) => AdminViews.DiskView(Store, d);
 
-    private DiskRow FindDisk(string name)
-    {
-        if (string.IsNullOrEmpty(name)) throw Error(StatusCode.InvalidArgument, "a disk name is required");
-        return Store.GetDisk(name) ?? throw Error(StatusCode.NotFound, $"disk '{name}' does not exist");
-    }
+    private DiskRow FindDisk(string name) => AdminViews.FindDisk(Store, name);
 
     // ---------------------------------------------------------------- presentations
 
@@ -324,7 +304,7 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
             throw Error(StatusCode.InvalidArgument, $"host name must be 1..{Agents.AgentChannelService.MaxHostNameLength} characters");
     }
 
-    private static RpcException Error(StatusCode code, string message) => new(new Status(code, message));
+    private static RpcException Error(StatusCode code, string message) => AdminViews.Error(code, message);
 
     [LoggerMessage(EventId = 300, Level = LogLevel.Information, Message = "container {Name} added: {Uri}, {SizeBytes} bytes")]
     private static partial void LogContainerAdded(ILogger logger, string name, string uri, long sizeBytes);

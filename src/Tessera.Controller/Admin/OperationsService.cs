@@ -197,7 +197,7 @@ public sealed partial class OperationsService : Tessera.Core.Protocol.Operations
         };
     }
 
-    private static RpcException Error(StatusCode code, string message) => new(new Status(code, message));
+    private static RpcException Error(StatusCode code, string message) => AdminViews.Error(code, message);
 
     [LoggerMessage(EventId = 310, Level = LogLevel.Information, Message = "job {Id} started: {What}")]
     private static partial void LogStarted(ILogger logger, long id, string what);

@@ -125,29 +125,9 @@ public sealed partial class SnapshotService : Tessera.Core.Protocol.Snapshots.Sn
         return view;
     }
 
-    private DiskView DiskView(DiskRow d)
-    {
-        long allocated = Store.CountAllocatedSegments(d.Id);
-        var view = new DiskView
-        {
-            Id = d.Id,
-            Name = d.Name,
-            SizeBytes = (ulong)d.SizeBytes,
-            SegmentSizeBytes = (uint)d.SegmentSizeBytes,
-            SegmentCount = (ulong)d.SegmentCount,
-            AllocatedSegments = (ulong)allocated,
-            AllocatedBytes = (ulong)(allocated * d.SegmentSizeBytes),
-            CreatedAt = d.CreatedAt,
-        };
-        foreach (var p in Store.ListPresentations(d.Id)) view.Presentations.Add(new PresentationView { Host = p.Host, ReadOnly = p.ReadOnly });
-        return view;
-    }
+    private DiskView DiskView(DiskRow d) => AdminViews.DiskView(Store, d);
 
-    private DiskRow FindDisk(string name)
-    {
-        if (string.IsNullOrEmpty(name)) throw Error(StatusCode.InvalidArgument, "a disk name is required");
-        return Store.GetDisk(name) ?? throw Error(StatusCode.NotFound, $"disk '{name}' does not exist");
-    }
+    private DiskRow FindDisk(string name) => AdminViews.FindDisk(Store, name);
 
     private SnapshotRow FindSnapshot(string disk, string name)
     {
@@ -163,5 +143,5 @@ public sealed partial class SnapshotService : Tessera.Core.Protocol.Snapshots.Sn
             throw Error(StatusCode.InvalidArgument, $"{what} name '{name}' is invalid: use 1..64 of A-Z a-z 0-9 . _ -");
     }
 
-    private static RpcException Error(StatusCode code, string message) => new(new Status(code, message));
+    private static RpcException Error(StatusCode code, string message) => AdminViews.Error(code, message);
 }

@@ -137,29 +137,11 @@ public sealed partial class SpacePool
     }
 
     /// <summary>Takes <paramref name="units"/> aligned units from the emptiest container that fits them; false when none does (ENOSPC).</summary>
-    public bool TryAllocate(int units, out ushort containerId, out long firstUnit)
-    {
-        lock (_lock)
-        {
-            var candidates = new List<(long Free, ushort Id)>();
-            foreach (var (id, space) in _spaces)
-                if (!_failed.Contains(id) && space.FreeUnits >= units) candidates.Add((space.FreeUnits, id));
-            candidates.Sort((a, b) => a.Free != b.Free ? b.Free.CompareTo(a.Free) : a.Id.CompareTo(b.Id));
-            foreach (var (_, id) in candidates)
-            {
-                long first = _spaces[id].Allocate(units);
-                if (first >= 0)
-                {
-                    containerId = id;
-                    firstUnit = first;
-                    return true;
-                }
-            }
-            containerId = 0;
-            firstUnit = -1;
-            return false;
-        }
-    }
+    public bool TryAllocate(int units, out ushort containerId, out long firstUnit) =>
+        TryAllocateExcept(NoContainer, units, out containerId, out firstUnit); // container ids start at 1
+
+    /// <summary>No container has id 0.</summary>
+    private const ushort NoContainer = 0;
 
     public void Free(ushort containerId, long firstUnit, int units)
     {

@@ -133,24 +133,12 @@ public sealed partial class ControllerStore
     }
 
     /// <summary>Deletes a snapshot (rows, presentations, disk row); returns the locations no row names any more.</summary>
-    public List<PhysicalLocation> DeleteSnapshot(ulong snapshotDiskId)
-    {
-        lock (_lock)
-        {
-            using var tx = _db.BeginTransaction();
-            var rows = ReadSegments(tx, snapshotDiskId, 0, long.MaxValue);
-            Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d", ("$d", (long)snapshotDiskId));
-            Exec(_db, tx, "DELETE FROM presentations WHERE disk_id=$d", ("$d", (long)snapshotDiskId));
-            Exec(_db, tx, "DELETE FROM snapshots WHERE disk_id=$d", ("$d", (long)snapshotDiskId));
-            Exec(_db, tx, "DELETE FROM disks WHERE id=$d", ("$d", (long)snapshotDiskId));
-            var freed = Unreferenced(tx, rows.Select(r => r.Entry));
-            tx.Commit();
-            return freed;
-        }
-    }
+    public List<PhysicalLocation> DeleteSnapshot(ulong snapshotDiskId) => DeleteDiskRows(snapshotDiskId, snapshot: true);
 
     /// <summary>Deletes a disk and its map; returns the locations no row names any more (the rest stay with snapshots or clones).</summary>
-    public List<PhysicalLocation> DeleteDiskReleasing(ulong diskId)
+    public List<PhysicalLocation> DeleteDiskReleasing(ulong diskId) => DeleteDiskRows(diskId, snapshot: false);
+
+    private List<PhysicalLocation> DeleteDiskRows(ulong diskId, bool snapshot)
     {
         lock (_lock)
         {
@@ -158,6 +146,7 @@ public sealed partial class ControllerStore
             var rows = ReadSegments(tx, diskId, 0, long.MaxValue);
             Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d", ("$d", (long)diskId));
             Exec(_db, tx, "DELETE FROM presentations WHERE disk_id=$d", ("$d", (long)diskId));
+            if (snapshot) Exec(_db, tx, "DELETE FROM snapshots WHERE disk_id=$d", ("$d", (long)diskId));
             Exec(_db, tx, "DELETE FROM disks WHERE id=$d", ("$d", (long)diskId));
             var freed = Unreferenced(tx, rows.Select(r => r.Entry));
             tx.Commit();

@@ -207,21 +207,6 @@ public sealed partial class ControllerStore : IDisposable
         }
     }
 
-    /// <summary>Deletes a disk and its map in one transaction; returns the rows that were deleted (to free their space).</summary>
-    public List<SegmentRow> DeleteDisk(ulong diskId)
-    {
-        lock (_lock)
-        {
-            using var tx = _db.BeginTransaction();
-            var rows = ReadSegments(tx, diskId, 0, long.MaxValue);
-            Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d", ("$d", (long)diskId));
-            Exec(_db, tx, "DELETE FROM presentations WHERE disk_id=$d", ("$d", (long)diskId));
-            Exec(_db, tx, "DELETE FROM disks WHERE id=$d", ("$d", (long)diskId));
-            tx.Commit();
-            return rows;
-        }
-    }
-
     // ---- segments
 
     /// <summary>The stored entry of one segment (Zero when there is no row).</summary>
