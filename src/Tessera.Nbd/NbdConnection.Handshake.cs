@@ -1,6 +1,7 @@
 using System.Buffers.Binary;
 using System.Text;
 using Tessera.Nbd.Protocol;
+using Microsoft.Extensions.Logging;
 
 namespace Tessera.Nbd;
 
@@ -50,6 +51,7 @@ internal sealed partial class NbdConnection
                 throw new NbdProtocolException($"option {option} is {length} bytes, more than the limit {_options.MaxOptionBytes}");
             var data = new byte[length];
             await _input.ReadExactAsync(data, "option data", ct).ConfigureAwait(false);
+            if (_logger.IsEnabled(LogLevel.Debug)) NbdLog.OptionReceived(_logger, _id, OptionName(option), length);
 
             switch (option)
             {
@@ -257,4 +259,18 @@ internal sealed partial class NbdConnection
         if (_structured) flags |= NbdWire.TxSendDf;
         return (ushort)flags;
     }
+
+    private static string OptionName(uint option) => option switch
+    {
+        NbdWire.OptExportName => "EXPORT_NAME",
+        NbdWire.OptAbort => "ABORT",
+        NbdWire.OptList => "LIST",
+        NbdWire.OptStartTls => "STARTTLS",
+        NbdWire.OptInfo => "INFO",
+        NbdWire.OptGo => "GO",
+        NbdWire.OptStructuredReply => "STRUCTURED_REPLY",
+        NbdWire.OptListMetaContext => "LIST_META_CONTEXT",
+        NbdWire.OptSetMetaContext => "SET_META_CONTEXT",
+        _ => $"unknown ({option})",
+    };
 }

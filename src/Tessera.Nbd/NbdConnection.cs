@@ -106,7 +106,7 @@ internal sealed partial class NbdConnection
             _caps = export.Capabilities;
             _readOnly = export.ReadOnly;
             transmitting = true;
-            NbdLog.ExportOpened(_logger, _id, export.Name, _sizeBytes, TransmissionFlags(export));
+            NbdLog.ExportOpened(_logger, _id, export.Name, _sizeBytes, TransmissionFlags(export), _structured, _baseAllocation);
             using var linkedOps = CancellationTokenSource.CreateLinkedTokenSource(_opsCts.Token, export.Closed);
             _opsToken = linkedOps.Token;
             using var closedRegistration = export.Closed.Register(static s => ((NbdConnection)s!).OnExportClosed(), this);

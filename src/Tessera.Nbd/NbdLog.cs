@@ -26,8 +26,11 @@ internal static partial class NbdLog
     [LoggerMessage(EventId = 2006, Level = LogLevel.Warning, Message = "NBD connection {ConnectionId} handshake timed out")]
     public static partial void HandshakeTimedOut(ILogger logger, long connectionId);
 
-    [LoggerMessage(EventId = 2007, Level = LogLevel.Information, Message = "NBD connection {ConnectionId} serving export '{Export}' ({SizeBytes} bytes, flags 0x{Flags:x})")]
-    public static partial void ExportOpened(ILogger logger, long connectionId, string export, long sizeBytes, int flags);
+    [LoggerMessage(EventId = 2007, Level = LogLevel.Information, Message = "NBD connection {ConnectionId} serving export '{Export}' ({SizeBytes} bytes, flags 0x{Flags:x}, structured replies {Structured}, base:allocation {BaseAllocation})")]
+    public static partial void ExportOpened(ILogger logger, long connectionId, string export, long sizeBytes, int flags, bool structured, bool baseAllocation);
+
+    [LoggerMessage(EventId = 2013, Level = LogLevel.Debug, Message = "NBD connection {ConnectionId} option {Option} ({Length} bytes)")]
+    public static partial void OptionReceived(ILogger logger, long connectionId, string option, uint length);
 
     [LoggerMessage(EventId = 2008, Level = LogLevel.Information, Message = "NBD connection {ConnectionId} asked for unknown export '{Export}'")]
     public static partial void UnknownExport(ILogger logger, long connectionId, string export);
