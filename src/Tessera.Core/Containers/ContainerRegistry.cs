@@ -56,6 +56,11 @@ public sealed class ContainerRegistry : IDisposable
         lock (SchemeOpeners) SchemeOpeners[scheme] = opener;
     }
 
+    public static bool IsSchemeRegistered(string scheme)
+    {
+        lock (SchemeOpeners) return SchemeOpeners.ContainsKey(scheme);
+    }
+
     private static IStorageContainer OpenReal(string uri)
     {
         if (!ContainerUri.TryValidate(uri, out var error)) throw new ArgumentException(error, nameof(uri));

@@ -72,6 +72,12 @@ public static class ContainerUri
         if (uri.StartsWith("file:", StringComparison.OrdinalIgnoreCase)) return TryParseFile(uri, out _, out error);
         if (uri.StartsWith("nbd:", StringComparison.OrdinalIgnoreCase) || uri.StartsWith("nbd+unix:", StringComparison.OrdinalIgnoreCase))
             return TryParseNbd(uri, out _, out error);
+        int colon = uri.IndexOf(':');
+        if (colon > 0 && ContainerRegistry.IsSchemeRegistered(uri[..colon]))
+        {
+            error = "";
+            return true; // a scheme a host registered (the simulation's and tests' containers) validates itself when opened
+        }
         error = $"'{uri}' is not a supported container URI (supported: file:///absolute/path, nbd://host:port/export, nbd+unix:///export?socket=/path)";
         return false;
     }
