@@ -65,6 +65,26 @@ public sealed partial class AgentCore : IFaultSink
 
     public DiskVolume? FindVolume(string name) => _volumesByName.TryGetValue(name, out var v) ? v : null;
 
+    /// <summary>Completes once a table for the disk named <paramref name="name"/> exists, so its export can be opened.</summary>
+    public async Task WaitForVolumeAsync(string name, CancellationToken cancellationToken)
+    {
+        var present = new TaskCompletionSource(TaskCreationOptions.RunContinuationsAsynchronously);
+        void OnChange(DiskVolume volume, bool added)
+        {
+            if (added && volume.Name == name) present.TrySetResult();
+        }
+        VolumeChanged += OnChange;
+        try
+        {
+            if (FindVolume(name) is not null) return;
+            await present.Task.WaitAsync(cancellationToken);
+        }
+        finally
+        {
+            VolumeChanged -= OnChange;
+        }
+    }
+
     public bool IsConnected { get { lock (_linkLock) return _link != null; } }
 
     // ---- connection lifecycle ----

@@ -258,6 +258,19 @@ public class AgentCoreTests
         Assert.False(c.Store.ContainsKey(1));
     }
 
+    // Proves WaitForVolumeAsync completes exactly when the disk's table exists (what `tessera up` waits for before saying "serving").
+    [Fact]
+    public async Task Wait_for_volume_completes_when_the_table_arrives()
+    {
+        var c = new FakeController();
+        await c.Core.WaitForVolumeAsync("d1", default).WaitAsync(Timeout); // already there
+        var later = c.Core.WaitForVolumeAsync("d2", default);
+        await Task.Delay(20);
+        Assert.False(later.IsCompleted);
+        await c.Command(new Command { DiskId = 43, CreateTable = new CreateTable { Name = "d2", SizeBytes = 1 << 20, SegmentSizeBytes = 64 << 10 } });
+        await later.WaitAsync(Timeout);
+    }
+
     private static async Task WaitUntil(Func<bool> condition)
     {
         var deadline = DateTime.UtcNow + Timeout;

@@ -83,6 +83,8 @@ public static class UpCommand
             try
             {
                 await agent.Registered.WaitAsync(RoleCommands.RegisterTimeout, shutdown.Token);
+                // "serving" must mean the URI works: the disk's table reaches the agent just after registration.
+                await agent.Core.WaitForVolumeAsync(diskName, shutdown.Token).WaitAsync(RoleCommands.RegisterTimeout, shutdown.Token);
             }
             catch (OperationCanceledException) when (shutdown.Token.IsCancellationRequested)
             {
@@ -90,7 +92,7 @@ public static class UpCommand
             }
             catch (TimeoutException)
             {
-                throw new CliException(ExitCodes.ServeFailed, $"the agent did not register with the controller within {RoleCommands.RegisterTimeout.TotalSeconds:0} s");
+                throw new CliException(ExitCodes.ServeFailed, $"the agent did not register with the controller and receive disk {diskName} within {RoleCommands.RegisterTimeout.TotalSeconds:0} s");
             }
 
             var nbd = agent.NbdEndPoint;
