@@ -167,9 +167,7 @@ public sealed partial class AgentCore : IFaultSink
         {
             _faultsById[pending.Message.FaultId] = pending;
             Counters.FaultsSent++;
-            IControllerLink? link;
-            lock (_linkLock) link = _link;
-            link?.Send(new AgentMessage { Fault = pending.Message }); // else sent on registration
+            SendFault(pending);
         }
         else
         {
@@ -194,10 +192,16 @@ public sealed partial class AgentCore : IFaultSink
         }, coalesced: false);
         _faultsById[pending.Message.FaultId] = pending;
         Counters.ZeroFaultsSent++;
+        SendFault(pending);
+        return await WaitForAnswerAsync(volume, firstSegment, pending, cancellationToken);
+    }
+
+    /// <summary>Sends on the current link; without one the fault goes out on the next registration.</summary>
+    private void SendFault(PendingFault pending)
+    {
         IControllerLink? link;
         lock (_linkLock) link = _link;
         link?.Send(new AgentMessage { Fault = pending.Message });
-        return await WaitForAnswerAsync(volume, firstSegment, pending, cancellationToken);
     }
 
     private async Task<FaultResult> WaitForAnswerAsync(DiskVolume volume, long segment, PendingFault pending, CancellationToken cancellationToken)

@@ -11,7 +11,7 @@ namespace Tessera.Nbd;
 /// One connection carries many concurrent requests (the client matches replies by cookie). When it breaks, the
 /// operations in flight fail with <see cref="IoStatus.IoError"/> and the next operation reconnects — at most
 /// once per <see cref="ReconnectBackoff"/>, so a dead server costs each I/O one fast failure, not a connect
-/// timeout. Requests larger than the server's maximum block size are split.
+/// timeout. The client splits requests larger than the server's maximum block size.
 /// </summary>
 public sealed class NbdContainer : IStorageContainer
 {
@@ -67,20 +67,15 @@ public sealed class NbdContainer : IStorageContainer
             : NbdClient.ConnectTcpAsync(target.Host!, target.Port, target.Export, options, ct);
     }
 
+    // NbdClient splits requests above the server's maximum block size itself.
     public async ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, CancellationToken cancellationToken = default)
     {
         var client = await ClientAsync(cancellationToken);
         if (client is null) return IoStatus.IoError;
-        int max = (int)Math.Min(client.MaxBlockBytes, 32u << 20);
         try
         {
-            for (int done = 0; done < buffer.Length; done += max)
-            {
-                int n = Math.Min(max, buffer.Length - done);
-                uint errno = await client.ReadAsync(offset + done, buffer.Slice(done, n), ct: cancellationToken);
-                if (errno != 0) return ToStatus(errno);
-            }
-            return IoStatus.Ok;
+            uint errno = await client.ReadAsync(offset, buffer, ct: cancellationToken);
+            return errno == 0 ? IoStatus.Ok : ToStatus(errno);
         }
         catch (NbdClientException) { return Broken(client); }
     }
@@ -89,16 +84,10 @@ public sealed class NbdContainer : IStorageContainer
     {
         var client = await ClientAsync(cancellationToken);
         if (client is null) return IoStatus.IoError;
-        int max = (int)Math.Min(client.MaxBlockBytes, 32u << 20);
         try
         {
-            for (int done = 0; done < data.Length; done += max)
-            {
-                int n = Math.Min(max, data.Length - done);
-                uint errno = await client.WriteAsync(offset + done, data.Slice(done, n), ct: cancellationToken);
-                if (errno != 0) return ToStatus(errno);
-            }
-            return IoStatus.Ok;
+            uint errno = await client.WriteAsync(offset, data, ct: cancellationToken);
+            return errno == 0 ? IoStatus.Ok : ToStatus(errno);
         }
         catch (NbdClientException) { return Broken(client); }
     }
