@@ -25,6 +25,12 @@ public sealed class ContainerSet
 
         /// <summary>Set after a write completes, cleared by the flush that makes it durable.</summary>
         internal int Dirty;
+
+        /// <summary>
+        /// One flush of this container at a time. Without it a second flush could find Dirty already cleared by a
+        /// first whose fdatasync has not returned yet, and answer before the writes it must cover are durable.
+        /// </summary>
+        internal readonly SemaphoreSlim FlushGate = new(1, 1);
     }
 
     /// <summary>Called when an operation on a container returns <see cref="IoStatus.IoError"/> (set before any Upsert).</summary>
@@ -78,12 +84,23 @@ public sealed class ContainerSet
         var result = IoStatus.Ok;
         foreach (var slot in _slots)
         {
-            if (slot?.Container is null || Interlocked.Exchange(ref slot.Dirty, 0) == 0) continue;
-            var status = await slot.Container.FlushAsync(cancellationToken);
-            if (status != IoStatus.Ok)
+            // Not skipped on a clear Dirty flag without the gate: a flush in progress may have cleared it.
+            if (slot?.Container is null) continue;
+            await slot.FlushGate.WaitAsync(cancellationToken);
+            try
             {
-                Volatile.Write(ref slot.Dirty, 1); // still not durable
-                result = status;
+                // Re-checked under the gate: a flush that finished meanwhile covered every write completed before it.
+                if (Interlocked.Exchange(ref slot.Dirty, 0) == 0) continue;
+                var status = await slot.Container.FlushAsync(cancellationToken);
+                if (status != IoStatus.Ok)
+                {
+                    Volatile.Write(ref slot.Dirty, 1); // still not durable
+                    result = status;
+                }
+            }
+            finally
+            {
+                slot.FlushGate.Release();
             }
         }
         return result;
