@@ -3,7 +3,7 @@
 #
 #   bench/nbd-peers.sh [--runtime S] [--ramp S] [--rounds N] [--out FILE.md]
 #                      [--servers "qemu-threads qemu-uring nbdkit tessera"] [--workloads "randread-qd1 ..."]
-#                      [--no-thin] [--keep]
+#                      [--no-thin] [--keep] [--baseline DIR]
 #
 # What it does:
 #   1. installs what is missing (fio, qemu-utils, nbdkit, libnbd-bin) with apt-get when run as root;
@@ -21,6 +21,9 @@
 #
 # Optional server "tessera-file" (add it to --servers): Tessera's NBD server alone on the same file with no
 # mapping table (bench/Tessera.Nbd.Bench, the identity map), for the ratio mapped disk / identity map.
+# Optional server "tessera-base" (with --baseline DIR, a second checkout, e.g. `git archive BASE | tar -x -C DIR`):
+# the same disk served by that checkout's ./tessera, interleaved with this one, for an A/B of a change
+# (prints new / baseline per workload).
 #
 # Everything it starts is stopped on exit. With the defaults it takes about 8 minutes.
 set -euo pipefail
@@ -34,6 +37,7 @@ servers="qemu-threads qemu-uring nbdkit tessera"
 workloads="randread-qd1 randread-qd32 randwrite-qd32 seqread-qd8 seqwrite-qd8"
 thin=1
 keep=0
+baseline=""
 size_bytes=$((1 << 30))
 
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit "${1:-0}"; }
@@ -47,6 +51,7 @@ while [[ $# -gt 0 ]]; do
         --workloads) workloads="$2"; shift 2 ;;
         --no-thin) thin=0; shift ;;
         --keep) keep=1; shift ;;
+        --baseline) baseline="$(cd "$2" && pwd)"; shift 2 ;;
         -h|--help) usage 0 ;;
         *) echo "nbd-peers: unknown argument $1" >&2; usage 2 >&2 ;;
     esac
@@ -82,6 +87,11 @@ if [[ " $servers " == *" tessera "* ]]; then
     [[ -x "$root/tessera" ]] || { echo "nbd-peers: $root/tessera not found (the CLI launcher); run from a checkout of main" >&2; exit 1; }
     say "building tessera (once)"
     "$root/tessera" --help >/dev/null
+fi
+if [[ " $servers " == *" tessera-base "* ]]; then
+    [[ -n "$baseline" && -x "$baseline/tessera" ]] || { echo "nbd-peers: server tessera-base needs --baseline DIR (a checkout with ./tessera)" >&2; exit 1; }
+    say "building the baseline tessera in $baseline (once)"
+    "$baseline/tessera" --help >/dev/null
 fi
 
 # ---------------------------------------------------------------- processes and cleanup
@@ -185,22 +195,22 @@ start_tessera_file() {
 }
 
 controller_url=""
+# start_tessera NAME CHECKOUT: ./tessera up of that checkout with a 1 GiB disk "bench", every segment allocated.
 start_tessera() {
-    local port cport
+    local name="$1" checkout="$2" port cport
     port="$(free_port)"; cport="$(free_port)"
-    mkdir -p "$tmp/tessera"
-    "$root/tessera" up --data "$tmp/tessera" --nbd-listen "127.0.0.1:$port" --controller-listen "127.0.0.1:$cport" \
-        --disk bench --size 1GiB >"$tmp/tessera.log" 2>&1 &
+    mkdir -p "$tmp/$name"
+    "$checkout/tessera" up --data "$tmp/$name" --nbd-listen "127.0.0.1:$port" --controller-listen "127.0.0.1:$cport" \
+        --disk bench --size 1GiB >"$tmp/$name.log" 2>&1 &
     local pid=$!
     started_pids+=("$pid")
-    controller_url="http://127.0.0.1:$cport"
-    wait_port "$port" "$pid" tessera 120 || { cat "$tmp/tessera.log" >&2; exit 1; }
+    wait_port "$port" "$pid" "$name" 120 || { cat "$tmp/$name.log" >&2; exit 1; }
     local uri="nbd://127.0.0.1:$port/bench"
-    wait_export "$uri" tessera 60 || { cat "$tmp/tessera.log" >&2; exit 1; }
-    say "tessera: copying the backing file into disk bench (allocates every segment)"
+    wait_export "$uri" "$name" 60 || { cat "$tmp/$name.log" >&2; exit 1; }
+    say "$name: copying the backing file into disk bench (allocates every segment)"
     nbdcopy "$backing" "$uri"
-    pid_of[tessera]=$pid; uri_of[tessera]="$uri"; active+=(tessera)
-    tessera_port=$port
+    pid_of[$name]=$pid; uri_of[$name]="$uri"; active+=("$name")
+    if [[ $name == tessera ]]; then controller_url="http://127.0.0.1:$cport"; tessera_port=$port; fi
 }
 
 for s in $servers; do
@@ -208,7 +218,8 @@ for s in $servers; do
         qemu-threads) start_qemu qemu-threads threads ;;
         qemu-uring) start_qemu qemu-uring io_uring ;;
         nbdkit) start_nbdkit ;;
-        tessera) start_tessera ;;
+        tessera) start_tessera tessera "$root" ;;
+        tessera-base) start_tessera tessera-base "$baseline" ;;
         tessera-file) start_tessera_file ;;
         *) echo "nbd-peers: unknown server $s" >&2; exit 2 ;;
     esac
@@ -222,9 +233,8 @@ say "servers: ${active[*]}"
 # times more in ext4 (ext4_block_write_begin walks the whole folio): nbdkit itself measured 8.6 vs 47 µs of CPU
 # per 4 KiB write on the same bytes written the two ways. So flush both files, drop them from the cache, and read
 # both back the same way (nbdcopy, 256 KiB reads), so every server starts from the same kind of cached pages.
-pool="$tmp/tessera/containers/pool0.img"
 say "re-caching the backing file and Tessera's pool the same way"
-python3 - "$backing" "$pool" <<'PY'
+python3 - "$backing" "$tmp/tessera/containers/pool0.img" "$tmp/tessera-base/containers/pool0.img" <<'PY'
 import os, sys
 for path in sys.argv[1:]:
     if not os.path.exists(path):
@@ -236,6 +246,7 @@ for path in sys.argv[1:]:
 PY
 nbdcopy "$backing" null:
 [[ -n "${uri_of[tessera]:-}" ]] && nbdcopy "${uri_of[tessera]}" null:
+[[ -n "${uri_of[tessera-base]:-}" ]] && nbdcopy "${uri_of[tessera-base]}" null:
 
 # ---------------------------------------------------------------- workloads
 fio_args() {
@@ -332,9 +343,9 @@ workloads = [w for w in names if any(k[0] == w for k in data)]
 servers = []
 for _, s in data:
     if s not in servers and not s.startswith("thin"): servers.append(s)
-order = ["qemu-threads", "qemu-uring", "nbdkit", "tessera-file", "tessera"]
+order = ["qemu-threads", "qemu-uring", "nbdkit", "tessera-file", "tessera-base", "tessera"]
 servers.sort(key=lambda s: order.index(s) if s in order else 99)
-peers = [s for s in servers if s not in ("tessera", "tessera-file")]
+peers = [s for s in servers if s not in ("tessera", "tessera-file", "tessera-base")]
 
 lines = []
 lines.append(f"Medians of {rounds} interleaved rounds, {runtime} s per run after a {ramp} s ramp, fio --ioengine=nbd, one connection.")
@@ -369,6 +380,17 @@ if identity:
     lines.append("| workload | mapped disk / identity map (throughput) | mapped / identity (CPU per I/O) |")
     lines.append("|---|--:|--:|")
     lines += identity
+ab = []
+for w in workloads:
+    t, b = data.get((w, "tessera")), data.get((w, "tessera-base"))
+    if t and b:
+        per_round = sorted(x[0] / y[0] for x, y in zip(t, b))
+        ab.append(f"| {names[w]} | {med([x[0] for x in t]) / med([x[0] for x in b]):.2f} | {per_round[0]:.2f}–{per_round[-1]:.2f} | {med([x[3] for x in t]) / med([x[3] for x in b]):.2f} |")
+if ab:
+    lines.append("")
+    lines.append("| workload | this checkout / baseline (throughput, medians) | per-round range | this / baseline (CPU per I/O) |")
+    lines.append("|---|--:|--:|--:|")
+    lines += ab
 thin = {s: v for (w, s), v in data.items() if w == "thin-seqwrite"}
 fresh = [x for s, v in thin.items() if s.startswith("thin") for x in v]
 alloc = thin.get("tessera", [])

@@ -51,7 +51,7 @@ internal sealed partial class NbdConnection
                 if (!_replies.TryDequeue(out ctx))
                 {
                     if (_broken) _sendLength = 0;
-                    if (_sendLength == 0 || _deferFlush)
+                    if (_sendLength == 0 || _deferFlush || _workerDefer)
                     {
                         _sending = false;
                         break;

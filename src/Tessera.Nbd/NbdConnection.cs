@@ -260,6 +260,7 @@ internal sealed partial class NbdConnection
             if (ctx.Errno != 0) EnqueueReply(ctx);
             else if (ctx.Length >= (uint)_options.InlineMaxBytes && ctx.Command is NbdWire.CmdRead or NbdWire.CmdWrite)
                 ThreadPool.UnsafeQueueUserWorkItem(ctx, preferLocal: false);
+            else if (ShouldOverlap(ctx)) EnqueueWork(ctx);
             else Dispatch(ctx);
         }
     }

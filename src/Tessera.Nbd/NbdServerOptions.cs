@@ -64,6 +64,12 @@ public sealed class NbdServerOptions
     /// </summary>
     public int InlineMaxBytes { get; set; } = int.MaxValue;
 
+    /// <summary>
+    /// Hand a WRITE to the connection's worker when more requests are already received behind it, so writes of a
+    /// pipelined burst overlap with receiving the rest (queue depth 1 stays inline). See NbdConnection.Worker.cs.
+    /// </summary>
+    public bool OverlapPipelinedWrites { get; set; } = true;
+
     public TimeProvider TimeProvider { get; set; } = TimeProvider.System;
 
     public void Validate()
