@@ -22,6 +22,13 @@ internal sealed partial class NbdConnection
     /// <summary>Most replies the worker holds back before sending them, while more work is queued.</summary>
     internal const int WorkerReplyBatch = 8;
 
+    /// <summary>
+    /// Larger writes stay on the reader: for 1 MiB writes at queue depth 8 the worker measured no faster on 2 cores
+    /// (0.88-0.99x the inline build in four interleaved A/B runs, docs/benchmarks.md), so they keep the path
+    /// without a thread hop.
+    /// </summary>
+    internal const int OverlapWriteMaxBytes = 64 * 1024;
+
     private Queue<RequestContext>? _work;
     private bool _workerRunning;
     private volatile bool _workerDefer;
@@ -33,12 +40,13 @@ internal sealed partial class NbdConnection
     }
 
     /// <summary>
-    /// True when the reader should hand this validated request to the worker: a WRITE when more of the client's
-    /// requests are already here, or any WRITE while the worker is still busy (so it keeps batching).
+    /// True when the reader should hand this validated request to the worker: a WRITE of at most
+    /// <see cref="OverlapWriteMaxBytes"/> when more of the client's requests are already here, or while the worker
+    /// is still busy (so it keeps batching).
     /// </summary>
     private bool ShouldOverlap(RequestContext ctx)
     {
-        if (!_options.OverlapPipelinedWrites || ctx.Command != NbdWire.CmdWrite) return false;
+        if (!_options.OverlapPipelinedWrites || ctx.Command != NbdWire.CmdWrite || ctx.Length > OverlapWriteMaxBytes) return false;
         if (_input.BufferedCount >= NbdWire.RequestHeaderBytes) return true;
         var work = _work;
         if (work is null) return false;
