@@ -13,7 +13,8 @@ namespace Tessera.Nbd;
 /// reader itself. An operation that completes synchronously is answered at once; one that does not registers a
 /// cached continuation, and the reader goes on to the next request, so requests overlap without a task or channel
 /// hop each. At most <see cref="NbdServerOptions.MaxInFlightPerConnection"/> are outstanding; the reader waits for
-/// a free slot before parsing the next header.
+/// a free slot before parsing the next header. Small writes of a pipelined burst go to one worker instead, so they
+/// overlap with receiving (NbdConnection.Worker.cs).
 ///
 /// Replies go to a queue. Whoever enqueues while no one is sending becomes the sender and drains the queue,
 /// copying small replies into one send buffer so that several become one write; large payloads are written from
