@@ -30,7 +30,7 @@ Usage: scripts/crash-cycles.py [--mode up|split] [--targets agent,controller,bot
 Exit status 0 when every cycle verified; prints a summary line. TESSERA_COMMAND (e.g. "dotnet /path/tessera.dll")
 overrides the ./tessera launcher, as the integration test does.
 """
-import argparse, collections, json, os, random, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
+import argparse, collections, json, os, random, re, shutil, signal, socket, struct, subprocess, sys, tempfile, threading, time
 
 import nbd  # python3-libnbd
 
@@ -300,6 +300,11 @@ class Operations:
                 if j["state"] == "done" and j["id"] not in self.jobs_seen_done:
                     self.jobs_seen_done.add(j["id"])
                     self.totals["jobs_done"] += 1
+                    # "moved N segments in this run": fewer than the job moved in all means a controller was killed
+                    # in the middle of it and its successor resumed it from the persisted cursor.
+                    this_run = re.search(r"moved (\d+) segments in this run", j["message"])
+                    if this_run and int(this_run.group(1)) < j["moved_segments"]:
+                        self.totals["jobs_resumed_after_a_controller_kill"] += 1
             if not running:
                 self.jobs_pending = False
                 return
