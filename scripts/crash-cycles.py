@@ -25,8 +25,9 @@ Modes:
                  killed with the rest, and after the restart a `--verify_only --verify_state_load=1` pass; see
                  docs/reliability.md for what exactly that verifies.
 
-Usage: scripts/crash-cycles.py [--mode up|split] [--targets agent,controller,both] [--during migrate,snapshot]
-                               [--fio] [--cycles N] [--seed S] [--disk-mib M] [--keep DIR]
+Usage: scripts/crash-cycles.py [--mode up|split] [--targets agent,controller,both] [--round-robin]
+                               [--during migrate,snapshot] [--op-probability P] [--fio] [--fio-mib M]
+                               [--cycles N] [--seed S] [--disk-mib M] [--keep DIR]
 Exit status 0 when every cycle verified; prints a summary line. TESSERA_COMMAND (e.g. "dotnet /path/tessera.dll")
 overrides the ./tessera launcher, as the integration test does.
 """
@@ -412,7 +413,9 @@ def run_cycle(cycle, cluster, model, ops, fio, a, rng, totals):
         fio.verify(where)
 
     target = rng.choice(cluster.targets)
-    during = [op for op in a.during if rng.random() < 0.5]
+    if a.round_robin:  # the test suite's few cycles cover every target
+        target = cluster.targets[(cycle - 1) % len(cluster.targets)]
+    during = [op for op in a.during if rng.random() < a.op_probability]
     op_at = rng.uniform(0.05, 0.5)
     kill_at = (op_at + rng.uniform(0.0, 1.5)) if during else rng.uniform(0.05, 1.5)
     second_kill_after = rng.uniform(0.0, 0.5)  # "both": the two processes die at independent moments
@@ -494,6 +497,8 @@ def main():
     ap.add_argument("--mode", choices=("up", "split"), default="up")
     ap.add_argument("--targets", default="agent,controller,both", help="split mode: what each cycle may kill")
     ap.add_argument("--during", default="", help="split mode: operations to start before kills (migrate,snapshot)")
+    ap.add_argument("--op-probability", type=float, default=0.5, help="chance that a cycle starts each --during operation")
+    ap.add_argument("--round-robin", action="store_true", help="take the targets in turn instead of at random")
     ap.add_argument("--fio", action="store_true", help="split mode: also run fio with crc32c verify on a second disk")
     ap.add_argument("--fio-mib", type=int, default=32)
     ap.add_argument("--keep")
