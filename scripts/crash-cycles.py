@@ -525,9 +525,17 @@ def main():
     fio = Fio(cluster, data_dir, a.fio_mib, a.seed, totals) if a.fio else None
     started = time.time()
     print(f"crash-cycles: seed {a.seed}, mode {a.mode}, {a.cycles} cycles, {model.blocks} blocks, data {data_dir}", flush=True)
+    # SIGTERM ends the run early but properly: the cycle under way finishes, then the final check runs.
+    wind_down = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: wind_down.set())
+    cycles = 0
     try:
         for cycle in range(1, a.cycles + 1):
             run_cycle(cycle, cluster, model, ops, fio, a, rng, totals)
+            cycles = cycle
+            if wind_down.is_set():
+                print(f"crash-cycles: SIGTERM: stopping after cycle {cycle}", flush=True)
+                break
         # A last restart verifies the final cycle's writes, jobs and snapshots.
         cluster.start()
         h = connect("127.0.0.1", cluster.nbd_port, "crash")
@@ -547,7 +555,7 @@ def main():
     if not a.keep:
         shutil.rmtree(data_dir, ignore_errors=True)
     extra = {k: v for k, v in sorted(totals.items()) if k not in ("writes", "flushes", "verified", "in_flight_at_kill")}
-    print(f"crash-cycles: {a.cycles} kill -9 cycles, {totals['writes']} acknowledged writes, {totals['flushes']} flushes, "
+    print(f"crash-cycles: {cycles} kill -9 cycles, {totals['writes']} acknowledged writes, {totals['flushes']} flushes, "
           f"{totals['verified']} block verifications, {totals['in_flight_at_kill']} writes in flight at a kill, 0 errors "
           f"(seed {a.seed}, mode {a.mode}, {time.time() - started:.0f} s)", flush=True)
     if extra:
