@@ -37,15 +37,29 @@ import nbd  # python3-libnbd
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BLOCK = 4096
+PORTS = random.SystemRandom()  # independent of --seed: two runs with one seed must not pick the same ports
 TESSERA = os.environ.get("TESSERA_COMMAND", os.path.join(ROOT, "tessera")).split()
 START_TIMEOUT_S = 120
 JOB_TIMEOUT_S = 180
 
 
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A free port below the kernel's ephemeral range: there no outgoing connection (this machine runs many NBD
+    clients) can take it between this check and the server's bind, nor while a killed role is down."""
+    low = 32768
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except (OSError, ValueError):
+        pass
+    while True:
+        port = PORTS.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
 
 
 def payload(block, gen):
