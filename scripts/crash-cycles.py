@@ -463,7 +463,12 @@ def run_cycle(cycle, cluster, model, ops, fio, a, rng, totals):
                 t = threading.Thread(target=guarded, args=(ops.start, op, cycle, rng_ops))
                 t.start()
                 op_threads.append(t)
-        time.sleep(max(0.0, t0 + kill_at - time.time()))
+        if kill_after_ops_returned is None:
+            time.sleep(max(0.0, t0 + kill_at - time.time()))
+        else:
+            for t in op_threads:
+                t.join()
+            time.sleep(kill_after_ops_returned)
         if target == "both":
             first, second = ("agent", "controller") if agent_first else ("controller", "agent")
             cluster.kill(first)
@@ -481,6 +486,11 @@ def run_cycle(cycle, cluster, model, ops, fio, a, rng, totals):
             t.join()
 
     rng_ops = random.Random(rng.random())
+    # Half the cycles with operations kill while the CLIs may still be starting or talking to the controller; the
+    # other half wait until they returned (job queued, snapshot taken) and kill 0-0.5 s later, inside the job.
+    kill_after_ops_returned = rng.uniform(0.0, 0.5) if during and rng.random() < 0.5 else None
+    if kill_after_ops_returned is not None:
+        totals["kills_after_the_operations_returned"] += 1
     if fio:
         fio.start(cycle)
     killer = threading.Thread(target=guarded, args=(timeline,))
