@@ -48,7 +48,7 @@ public sealed class StoreCrashTests(ITestOutputHelper output)
 
         var sweep = await CrashImageSweep.RunAsync(images, Path.Combine(cluster.Directory, "images"), workload.LineageOf, new Random(seed));
         output.WriteLine($"{images.Count} commit images ({sweep.IntactChecked} intact, {sweep.TornChecked} torn, {sweep.TornRecovered} torn reopened by ControllerCore, {sweep.TornDiffering} torn ones differing from their intact image), " +
-            $"{sweep.JobsResumed} migration jobs resumed; workload {workloadTime.TotalSeconds:F1} s, total {clock.Elapsed.TotalSeconds:F1} s");
+            $"{sweep.PowerLossChecked} power-loss images losing up to {sweep.MostCommitsLost} unsynced commits, {sweep.JobsResumed} migration jobs resumed; workload {workloadTime.TotalSeconds:F1} s, total {clock.Elapsed.TotalSeconds:F1} s");
         foreach (var p in sweep.Problems.Take(30)) output.WriteLine(p);
 
         Assert.True(sweep.Problems.Count == 0, $"seed {seed}: {sweep.Problems.Count} violations, first: {sweep.Problems.FirstOrDefault()}");
@@ -56,6 +56,7 @@ public sealed class StoreCrashTests(ITestOutputHelper output)
         foreach (var kind in new[] { "write fault", "zero fault", "snapshot", "clone", "migrate", "present", "unpresent", "checkpoint" })
             Assert.True(workload.Done.GetValueOrDefault(kind) > 0, $"seed {seed}: the workload never did '{kind}'");
         Assert.True(sweep.JobsResumed > 0, "no image caught a migration job in flight");
+        Assert.True(sweep.PowerLossChecked > 0, "no image lost an unsynced commit");
         Assert.True(sweep.TornDiffering * 2 >= sweep.TornChecked, $"only {sweep.TornDiffering} of {sweep.TornChecked} torn images lost a logical change");
         Assert.True(sweep.TornChecked >= images.Count, $"only {sweep.TornChecked} torn images for {images.Count} commits");
     }

@@ -9,6 +9,12 @@ public sealed class CrashImageSweep
     public int TornRecovered { get; private set; }
     public int JobsResumed { get; private set; }
 
+    /// <summary>Images with every trailing unsynced (synchronous=NORMAL) commit lost, as a power loss may leave them.</summary>
+    public int PowerLossChecked { get; private set; }
+
+    /// <summary>The most unsynced commits one power-loss image lost.</summary>
+    public int MostCommitsLost { get; private set; }
+
     /// <summary>Torn images whose expected state differs from the intact image's: these prove the cut transaction was really undone.</summary>
     public int TornDiffering { get; private set; }
 
@@ -20,9 +26,12 @@ public sealed class CrashImageSweep
             var image = images[k];
             string where = $"image {k} ({image.Label})";
             if (image.Dump.Contains("\n## migration_jobs\n", StringComparison.Ordinal) && HasRunningJob(image.Dump)) sweep.JobsResumed++;
-            foreach (var p in await RecoveryCheck.RunAsync(image, image.Dump, Path.Combine(scratch, "intact"), lineageOf))
-                sweep.Problems.Add($"{where}: {p}");
+            var problems = await RecoveryCheck.RunAsync(image, image.Dump, Path.Combine(scratch, "intact"), lineageOf);
+            foreach (var p in problems) sweep.Problems.Add($"{where}: {p}");
+            if (problems.Count > 0) sweep.Problems.Add($"{where}: kept in {Keep(image, image.Dump)}");
             sweep.IntactChecked++;
+
+            await PowerLossAsync(sweep, images, k, scratch, lineageOf);
 
             if (image.Backfilled || WalTail.Of(image.Wal) is not { } tail) continue; // checkpointed frames were synced: they cannot tear
             // The state without the log's last transaction: the latest earlier image whose log did not end with it yet.
@@ -40,8 +49,9 @@ public sealed class CrashImageSweep
                 string tornWhere = $"{where}, {name}";
                 if (v == full)
                 {
-                    foreach (var p in await RecoveryCheck.RunAsync(torn, expected, Path.Combine(scratch, "torn"), lineageOf))
-                        sweep.Problems.Add($"{tornWhere}: {p}");
+                    var found = await RecoveryCheck.RunAsync(torn, expected, Path.Combine(scratch, "torn"), lineageOf);
+                    foreach (var p in found) sweep.Problems.Add($"{tornWhere}: {p}");
+                    if (found.Count > 0) sweep.Problems.Add($"{tornWhere}: kept in {Keep(torn, expected)}");
                     sweep.TornRecovered++;
                 }
                 else
@@ -54,6 +64,40 @@ public sealed class CrashImageSweep
             }
         }
         return sweep;
+    }
+
+    /// <summary>
+    /// A power loss keeps the log up to its last synced commit: every relaxed commit after it may vanish. The image
+    /// is cut back to the end of the earliest state those relaxed commits started from, which must read as that
+    /// state and recover like any other (the store's claim in ExecOrdered).
+    /// </summary>
+    private static async Task PowerLossAsync(CrashImageSweep sweep, IReadOnlyList<StoreImage> images, int k, string scratch, Func<string, string> lineageOf)
+    {
+        var image = images[k];
+        if (WalTail.Of(image.Wal) is not { } tail) return;
+        int oldest = -1;
+        for (int j = k - 1; j >= 0 && images[j].NextCommitRelaxed && !images[j + 1].Backfilled; j--)
+            if (WalTail.Of(images[j].Wal) is { } t && t.Salt1 == tail.Salt1 && t.Salt2 == tail.Salt2) oldest = j;
+            else break;
+        if (oldest < 0) return;
+        var earlier = WalTail.Of(images[oldest].Wal)!.Value;
+        if (earlier.Key == tail.Key) return; // the relaxed commits wrote nothing: nothing to lose
+        var cut = image with { Wal = image.Wal[..(int)earlier.TransactionEnd], Label = $"{image.Label}, power loss back to image {oldest}" };
+        var found = await RecoveryCheck.RunAsync(cut, images[oldest].Dump, Path.Combine(scratch, "power"), lineageOf);
+        foreach (var p in found) sweep.Problems.Add($"image {k} ({cut.Label}): {p}");
+        if (found.Count > 0) sweep.Problems.Add($"image {k} ({cut.Label}): kept in {Keep(cut, images[oldest].Dump)}");
+        sweep.PowerLossChecked++;
+        sweep.MostCommitsLost = Math.Max(sweep.MostCommitsLost, k - oldest);
+    }
+
+    /// <summary>Saves a failing image (database, log, expected dump) where the test's temporary files do not get deleted.</summary>
+    public static string Keep(StoreImage image, string expectedDump)
+    {
+        string directory = Path.Combine(Path.GetTempPath(), "tessera-storecrash-failures", $"{DateTime.UtcNow:yyyyMMdd-HHmmss}-image{image.Index}-{Guid.NewGuid():N}"[..40]);
+        image.WriteTo(directory);
+        File.WriteAllText(Path.Combine(directory, "expected.dump"), expectedDump);
+        File.WriteAllText(Path.Combine(directory, "label.txt"), image.Label);
+        return directory;
     }
 
     private static bool HasRunningJob(string dump)

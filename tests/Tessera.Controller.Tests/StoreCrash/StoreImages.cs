@@ -11,8 +11,13 @@ namespace Tessera.Controller.Tests.StoreCrash;
 /// The -shm file is left out on purpose: SQLite rebuilds the WAL index from the log when the first connection opens
 /// (and a crash after a reboot loses it anyway).
 /// </summary>
+/// <param name="Backfilled">A checkpoint ran since the previous image: the log's last transaction may already be in the database file.</param>
+/// <param name="NextCommitRelaxed">The commit that follows this image ran with synchronous=NORMAL (not synced): a power
+/// loss may take it, together with every relaxed commit after it up to the next synced one.</param>
 public sealed record StoreImage(int Index, byte[] Database, byte[] Wal, string Dump, bool Backfilled, string Label)
 {
+    public bool NextCommitRelaxed { get; init; }
+
     public const string DatabaseFileName = "tessera.db";
 
     /// <summary>Writes the image as a store directory.</summary>
@@ -141,6 +146,8 @@ public sealed class CommitImageRecorder : IDisposable
     private readonly SqliteConnection _reader;
     private readonly SqliteConnection _checkpointer;
     private readonly SQLitePCL.delegate_commit _hook; // kept alive: native code holds it
+    private readonly SQLitePCL.strdelegate_trace _trace;
+    private volatile bool _relaxed;
     private readonly SQLitePCL.sqlite3 _handle;
     private bool _checkpointedSinceCapture;
     private Exception? _failure;
@@ -158,6 +165,13 @@ public sealed class CommitImageRecorder : IDisposable
         // already in the database file: those can no longer be torn by a crash.
         SQLitePCL.raw.sqlite3_exec(_handle, "PRAGMA wal_autocheckpoint=0;");
         _hook = _ => { Capture("commit"); return 0; };
+        // Which commits are synced: the store switches synchronous per statement (ExecOrdered), so watch the pragmas.
+        _trace = (_, sql) =>
+        {
+            if (sql.Contains("synchronous=NORMAL", StringComparison.OrdinalIgnoreCase)) _relaxed = true;
+            else if (sql.Contains("synchronous=FULL", StringComparison.OrdinalIgnoreCase) || sql.Contains("synchronous=EXTRA", StringComparison.OrdinalIgnoreCase)) _relaxed = false;
+        };
+        SQLitePCL.raw.sqlite3_trace(_handle, _trace, null);
         lock (_gate) CaptureLocked("initial");
         SQLitePCL.raw.sqlite3_commit_hook(_handle, _hook, null);
     }
@@ -205,7 +219,7 @@ public sealed class CommitImageRecorder : IDisposable
         var wal = ReadAll(_wal);
         var database = ReadAll(_database);
         string dump = LogicalDump.Of(_reader);
-        _images.Add(new StoreImage(_images.Count, database, wal, dump, _checkpointedSinceCapture, label));
+        _images.Add(new StoreImage(_images.Count, database, wal, dump, _checkpointedSinceCapture, label) { NextCommitRelaxed = label == "commit" && _relaxed });
         _checkpointedSinceCapture = false;
     }
 
@@ -225,6 +239,7 @@ public sealed class CommitImageRecorder : IDisposable
     public void Dispose()
     {
         SQLitePCL.raw.sqlite3_commit_hook(_handle, null, null);
+        SQLitePCL.raw.sqlite3_trace(_handle, (SQLitePCL.strdelegate_trace?)null, null);
         _reader.Dispose();
         _checkpointer.Dispose();
         _database.Dispose();
