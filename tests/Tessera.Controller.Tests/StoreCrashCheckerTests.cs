@@ -120,11 +120,14 @@ public sealed class StoreCrashCheckerTests
         f.Final.WriteTo(coreDirectory);
         using var core = new ControllerCore(new ControllerOptions { DataDirectory = coreDirectory }, NullLoggerFactory.Instance);
         Assert.Empty(StoreInvariants.Check(core.Store, f.LineageOf, core.Pool));
-        var mapped = core.Store.AllSegments().First(r => r.Entry.ContainerId != 0).Entry;
+        var rows = core.Store.AllSegments().Where(r => r.Entry.ContainerId != 0).ToList();
+        var mapped = rows[0].Entry;
         core.Pool.Free(mapped.ContainerId, mapped.PhysicalIndex, 1);
-        Assert.True(core.Pool.TryAllocate(1, out ushort c, out long u));
-        core.Pool.Free(c, u, 1);
-        core.Pool.MarkUsed(c, u + 1, 1); // u + 1 is unnamed: TryAllocate took the first free unit, aligned to 1
+        // A unit no row names: the last unit of a container, past every row on it (segments are at most 16 units here).
+        var container = core.Store.ListContainers()[0];
+        long lastUnit = container.SizeBytes / Tessera.Core.Mapping.MapEntry.PhysicalUnitBytes - 1;
+        Assert.DoesNotContain(rows, r => r.Entry.ContainerId == container.Id && r.Entry.PhysicalIndex + 16 > lastUnit);
+        core.Pool.MarkUsed(container.Id, lastUnit, 1);
         var problems = StoreInvariants.Check(core.Store, f.LineageOf, core.Pool);
         Assert.Contains(problems, p => p.Contains("named but free", StringComparison.Ordinal));
         Assert.Contains(problems, p => p.Contains("used but unnamed", StringComparison.Ordinal) && !p.Contains(" 0 units used but unnamed", StringComparison.Ordinal));
