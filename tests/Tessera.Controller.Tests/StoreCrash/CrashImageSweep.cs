@@ -21,17 +21,18 @@ public sealed class CrashImageSweep
     public static async Task<CrashImageSweep> RunAsync(IReadOnlyList<StoreImage> images, string scratch, Func<string, string> lineageOf, Random random)
     {
         var sweep = new CrashImageSweep();
+        var liveJobStates = JobStates(images[^1].Dump);
         for (int k = 0; k < images.Count; k++)
         {
             var image = images[k];
             string where = $"image {k} ({image.Label})";
             if (image.Dump.Contains("\n## migration_jobs\n", StringComparison.Ordinal) && HasRunningJob(image.Dump)) sweep.JobsResumed++;
-            var problems = await RecoveryCheck.RunAsync(image, image.Dump, Path.Combine(scratch, "intact"), lineageOf);
+            var problems = await RecoveryCheck.RunAsync(image, image.Dump, Path.Combine(scratch, "intact"), lineageOf, liveJobStates);
             foreach (var p in problems) sweep.Problems.Add($"{where}: {p}");
             if (problems.Count > 0) sweep.Problems.Add($"{where}: kept in {Keep(image, image.Dump)}");
             sweep.IntactChecked++;
 
-            await PowerLossAsync(sweep, images, k, scratch, lineageOf);
+            await PowerLossAsync(sweep, images, k, scratch, lineageOf, liveJobStates);
 
             if (image.Backfilled || WalTail.Of(image.Wal) is not { } tail) continue; // checkpointed frames were synced: they cannot tear
             // The state without the log's last transaction: the latest earlier image whose log did not end with it yet.
@@ -49,7 +50,7 @@ public sealed class CrashImageSweep
                 string tornWhere = $"{where}, {name}";
                 if (v == full)
                 {
-                    var found = await RecoveryCheck.RunAsync(torn, expected, Path.Combine(scratch, "torn"), lineageOf);
+                    var found = await RecoveryCheck.RunAsync(torn, expected, Path.Combine(scratch, "torn"), lineageOf, liveJobStates);
                     foreach (var p in found) sweep.Problems.Add($"{tornWhere}: {p}");
                     if (found.Count > 0) sweep.Problems.Add($"{tornWhere}: kept in {Keep(torn, expected)}");
                     sweep.TornRecovered++;
@@ -71,7 +72,8 @@ public sealed class CrashImageSweep
     /// is cut back to the end of the earliest state those relaxed commits started from, which must read as that
     /// state and recover like any other (the store's claim in ExecOrdered).
     /// </summary>
-    private static async Task PowerLossAsync(CrashImageSweep sweep, IReadOnlyList<StoreImage> images, int k, string scratch, Func<string, string> lineageOf)
+    private static async Task PowerLossAsync(CrashImageSweep sweep, IReadOnlyList<StoreImage> images, int k, string scratch, Func<string, string> lineageOf,
+        IReadOnlyDictionary<long, string> liveJobStates)
     {
         var image = images[k];
         if (WalTail.Of(image.Wal) is not { } tail) return;
@@ -83,7 +85,7 @@ public sealed class CrashImageSweep
         var earlier = WalTail.Of(images[oldest].Wal)!.Value;
         if (earlier.Key == tail.Key) return; // the relaxed commits wrote nothing: nothing to lose
         var cut = image with { Wal = image.Wal[..(int)earlier.TransactionEnd], Label = $"{image.Label}, power loss back to image {oldest}" };
-        var found = await RecoveryCheck.RunAsync(cut, images[oldest].Dump, Path.Combine(scratch, "power"), lineageOf);
+        var found = await RecoveryCheck.RunAsync(cut, images[oldest].Dump, Path.Combine(scratch, "power"), lineageOf, liveJobStates);
         foreach (var p in found) sweep.Problems.Add($"image {k} ({cut.Label}): {p}");
         if (found.Count > 0) sweep.Problems.Add($"image {k} ({cut.Label}): kept in {Keep(cut, images[oldest].Dump)}");
         sweep.PowerLossChecked++;
@@ -98,6 +100,19 @@ public sealed class CrashImageSweep
         File.WriteAllText(Path.Combine(directory, "expected.dump"), expectedDump);
         File.WriteAllText(Path.Combine(directory, "label.txt"), image.Label);
         return directory;
+    }
+
+    /// <summary>Job id to state ("running", "done", "failed") from a dump's migration_jobs rows (id first, state sixth).</summary>
+    private static Dictionary<long, string> JobStates(string dump)
+    {
+        var states = new Dictionary<long, string>();
+        bool inJobs = false;
+        foreach (var line in dump.Split('\n'))
+        {
+            if (line.StartsWith("## ", StringComparison.Ordinal)) inJobs = line == "## migration_jobs";
+            else if (inJobs && line.Split('|') is { Length: > 5 } cells) states[long.Parse(cells[0], System.Globalization.CultureInfo.InvariantCulture)] = cells[5];
+        }
+        return states;
     }
 
     private static bool HasRunningJob(string dump)
