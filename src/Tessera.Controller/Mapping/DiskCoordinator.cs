@@ -188,7 +188,7 @@ public sealed partial class DiskCoordinator
     private async Task<FaultResponse> AllocateAsync(AgentSession session, MapFault fault, DiskRow disk, long segment)
     {
         int units = disk.UnitsPerSegment;
-        if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit))
+        if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit, out bool neverUsed))
         {
             s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
@@ -200,13 +200,19 @@ public sealed partial class DiskCoordinator
         bool persisted = false;
         try
         {
-            // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably.
-            var storage = ContainerRegistry.Shared.Open(container.Uri);
-            status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
-            if (status == IoStatus.Ok) status = await storage.FlushAsync(_stopping).ConfigureAwait(false);
+            // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably. Units above
+            // the container's high-water mark never held data, so they read as zeros already (docs/architecture.md,
+            // "Never-used units"); the mark advances in the mapping's own transaction, before any agent can write there.
+            status = IoStatus.Ok;
+            if (!neverUsed)
+            {
+                var storage = ContainerRegistry.Shared.Open(container.Uri);
+                status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
+                if (status == IoStatus.Ok) status = await storage.FlushAsync(_stopping).ConfigureAwait(false);
+            }
             if (status == IoStatus.Ok)
             {
-                _store.SetEntries(disk.Id, [(segment, entry)]);
+                _store.SetEntryAdvancingHighWater(disk.Id, segment, entry, firstUnit + units);
                 persisted = true;
             }
         }
