@@ -124,3 +124,31 @@ public sealed partial class ControllerStore
         _highWaterLoaded = true;
     }
 }
+
+public sealed partial class ControllerStore
+{
+    /// <summary>
+    /// Several thin allocations of one disk in one transaction (group commit): each mapping with its container's
+    /// mark advance, so one fsync covers a burst of first writes.
+    /// </summary>
+    public void SetEntriesAdvancingHighWater(ulong diskId, IReadOnlyList<(long Segment, MapEntry Entry)> entries, int unitsPerSegment)
+    {
+        lock (_lock)
+        {
+            LoadHighWater();
+            var advanced = new Dictionary<ushort, long>();
+            using var tx = _db.BeginTransaction();
+            foreach (var (segment, entry) in entries)
+            {
+                Exec(_db, tx, "INSERT OR REPLACE INTO segments(disk_id, segment, container_id, physical_index, states) VALUES ($d, $s, $c, $p, $f)",
+                    ("$d", (long)diskId), ("$s", segment), ("$c", (long)entry.ContainerId), ("$p", entry.PhysicalIndex), ("$f", (long)entry.States));
+                long end = entry.PhysicalIndex + unitsPerSegment;
+                long known = Math.Max(_highWater.GetValueOrDefault(entry.ContainerId, -1), advanced.GetValueOrDefault(entry.ContainerId, -1));
+                if (known < end) advanced[entry.ContainerId] = end;
+            }
+            foreach (var (container, end) in advanced) Exec(_db, tx, UpsertHighWaterSql, ("$c", (long)container), ("$m", end));
+            tx.Commit();
+            foreach (var (container, end) in advanced) _highWater[container] = Math.Max(_highWater.GetValueOrDefault(container), end);
+        }
+    }
+}
