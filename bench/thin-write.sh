@@ -6,7 +6,7 @@
 #
 # For each root (a Tessera source tree; default: this one) it starts `ROOT/tessera up` with a 1 GiB disk `bench`,
 # allocates it fully with one fio pass, and adds a second, fresh sparse container big enough for every thin disk
-# of the run (so each thin disk lands on never-used units, as on a new pool; the emptiest container gets new
+# of the run, exactly (so each thin disk lands on never-used units, as on a new pool; the emptiest container gets new
 # segments). Then per round, interleaving the roots (A B A B ...): create + present disk thinN, fio
 # --rw=write --bs=1m --iodepth=8 --size=G once over it (every write is the first to its segment), then the same
 # over the allocated disk. Thin disks are kept until the end, so later rounds do not reuse freed units. A last
@@ -60,13 +60,14 @@ for r in $roots; do
     wait_export "nbd://127.0.0.1:$np/bench"
     say "$name ($r): allocating disk bench"
     fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$np/bench" --rw=write --bs=1m --iodepth=8 --size="${size_gib}g" >/dev/null
-    "$r/tessera" container add fresh "file://$tmp/$name/fresh.img" --size "$(( (rounds + 2) * size_gib ))GiB" --controller "${ctl[$name]}" >/dev/null
+    "$r/tessera" container add fresh "file://$tmp/$name/fresh.img" --size "$(( rounds * size_gib ))GiB" --controller "${ctl[$name]}" >/dev/null
 done
 
 results="$tmp/results.tsv"
+run_seq=0
 : >"$results"
 run() { # root-name label disk
-    local name="$1" label="$2" disk="$3" json="$tmp/$1-$2-$3.json"
+    local name="$1" label="$2" disk="$3" json="$tmp/$1-$2-$3-$((++run_seq)).json"
     fio --name=w --ioengine=nbd --uri="nbd://127.0.0.1:${nbd_port[$name]}/$disk" --rw=write --bs=1m --iodepth=8 \
         --size="${size_gib}g" --output-format=json --output="$json" >/dev/null
     printf '%s\t%s\t%s\n' "$name" "$label" "$json" >>"$results"
@@ -93,9 +94,7 @@ for r in $roots; do
         "$r/tessera" disk unpresent "thin$round" --host local --controller "${ctl[$name]}" >/dev/null
         "$r/tessera" disk delete "thin$round" --controller "${ctl[$name]}" >/dev/null
     done
-    # Fill the fresh container's tail so the next thin disk must reuse the freed units.
-    thin_disk "$r" "$name" filler
-    run "$name" filler filler
+    # The fresh container is now the emptiest, and all its free units are freed ones (below its mark).
     thin_disk "$r" "$name" reused
     say "$name: thin disk on reused units"
     run "$name" reused reused
