@@ -134,6 +134,10 @@ public sealed partial class DiskCoordinator
         {
             using var _ = await LockDiskAsync(fault.DiskId).ConfigureAwait(false);
             LeaveWaiting(fault.DiskId, ticket);
+            // The lock is taken in arrival order; now leave the session's reader. Store calls are synchronous, and a
+            // write fault may commit (an fsync) before its first real await: run on the reader, it kept the next
+            // faults unread, so they never queued behind this one and group commit never had anything to batch.
+            if (fault.Write) await Task.Yield();
             var response = await DecideAsync(session, fault).ConfigureAwait(false);
             Respond(session, response); // still under the disk lock: ordered before any later change of this disk
         }
