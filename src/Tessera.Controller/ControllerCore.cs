@@ -51,13 +51,18 @@ public sealed class ControllerCore : IDisposable
     private static SpacePool RebuildPool(ControllerStore store)
     {
         var pool = new SpacePool();
-        foreach (var c in store.ListContainers())
-            pool.AddContainer(c.Id, c.SizeBytes / MapEntry.PhysicalUnitBytes, c.Failed);
+        var containers = store.ListContainers();
+        foreach (var c in containers)
+            pool.AddContainer(c.Id, c.SizeBytes / MapEntry.PhysicalUnitBytes, c.Failed, store.GetHighWater(c.Id));
         var segmentSizes = store.ListDisks().ToDictionary(d => d.Id, d => d.UnitsPerSegment);
         var seen = new HashSet<PhysicalLocation>(); // snapshots and clones share locations: mark each once
         foreach (var row in store.AllSegments())
             if (row.Entry.ContainerId != 0 && seen.Add(new(row.Entry.ContainerId, row.Entry.PhysicalIndex)))
                 pool.MarkUsed(row.Entry.ContainerId, row.Entry.PhysicalIndex, segmentSizes[row.DiskId]);
+        // A mapped unit above the persisted mark breaks the mark's invariant (it cannot happen when every writer
+        // followed the rule); persist what the map proves, so that freeing such a unit later cannot make it "never used".
+        foreach (var c in containers)
+            store.AdvanceHighWater(c.Id, pool.HighWaterUnit(c.Id));
         return pool;
     }
 

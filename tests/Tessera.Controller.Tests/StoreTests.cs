@@ -14,6 +14,10 @@ public class StoreTests
             nbd_address TEXT NOT NULL,
             last_seen TEXT NOT NULL
         )
+        table container_high_water: CREATE TABLE container_high_water (
+            container_id INTEGER PRIMARY KEY NOT NULL,
+            high_water_unit INTEGER NOT NULL CHECK (high_water_unit >= 0)
+        )
         table containers: CREATE TABLE containers (
             id INTEGER PRIMARY KEY NOT NULL CHECK (id BETWEEN 1 AND 65535),
             name TEXT NOT NULL UNIQUE,
@@ -86,7 +90,7 @@ public class StoreTests
         {
             using var store = ControllerStore.Open(dir);
             Assert.Equal(GoldenSchema, store.DumpSchema());
-            Assert.Equal(2, ControllerStore.SchemaVersion);
+            Assert.Equal(3, ControllerStore.SchemaVersion);
         }
         finally
         {

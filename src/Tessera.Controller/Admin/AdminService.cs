@@ -83,13 +83,14 @@ public sealed partial class AdminService : Tessera.Core.Protocol.Admin.AdminBase
         {
             try
             {
-                row = Store.AddContainer(request.Name, request.Uri, sizeBytes) ?? throw Error(StatusCode.FailedPrecondition, "no container id left");
+                // Only a file this call created sparse is known to read as zeros everywhere; anything else has an unknown past.
+                row = Store.AddContainer(request.Name, request.Uri, sizeBytes, created ? 0 : -1) ?? throw Error(StatusCode.FailedPrecondition, "no container id left");
             }
             catch (Microsoft.Data.Sqlite.SqliteException e) when (e.SqliteErrorCode == 19) // constraint: a concurrent add won
             {
                 throw Error(StatusCode.AlreadyExists, $"container '{request.Name}' or URI {request.Uri} already exists");
             }
-            _core.Pool.AddContainer(row.Id, sizeBytes / MapEntry.PhysicalUnitBytes);
+            _core.Pool.AddContainer(row.Id, sizeBytes / MapEntry.PhysicalUnitBytes, highWaterUnit: Store.GetHighWater(row.Id));
             foreach (var session in _core.Sessions.Open())
                 _ = session.SendCommand(new Command { UpsertContainer = new UpsertContainer { Container = Info(row) } });
         }

@@ -111,6 +111,9 @@ public sealed partial class OperationsService : Tessera.Core.Protocol.Operations
         if (probe is not null) throw Error(StatusCode.FailedPrecondition, $"container '{c.Name}' still fails: {probe}");
         lock (_core.ContainerLock)
         {
+            // What happened to a failed container meanwhile is unknown (replaced, restored, rewritten): trust no unit as never used.
+            _core.Pool.ForgetNeverUsed(c.Id);
+            Store.ForgetNeverUsed(c.Id, c.SizeBytes / Tessera.Core.Mapping.MapEntry.PhysicalUnitBytes);
             Store.ClearContainerFailed(c.Id);
             _core.Pool.SetFailed(c.Id, false);
             var info = new ContainerInfo { Id = c.Id, Name = c.Name, Uri = c.Uri, Failed = false };

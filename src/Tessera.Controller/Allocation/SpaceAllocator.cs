@@ -16,12 +16,28 @@ public sealed class ContainerSpace
     private readonly ulong[] _bits;
     private long _cursor; // next-fit hint in units, so filling a container is not quadratic
 
-    public ContainerSpace(long totalUnits)
+    public ContainerSpace(long totalUnits) : this(totalUnits, totalUnits)
+    {
+    }
+
+    /// <param name="totalUnits">The container's size in units.</param>
+    /// <param name="highWaterUnit">Units at or above it never held data (the persisted mark; the size when unknown).</param>
+    public ContainerSpace(long totalUnits, long highWaterUnit)
     {
         if (totalUnits < 0) throw new ArgumentOutOfRangeException(nameof(totalUnits));
         TotalUnits = totalUnits;
+        HighWaterUnit = Math.Clamp(highWaterUnit, 0, totalUnits);
         _bits = new ulong[(totalUnits + 63) / 64];
     }
+
+    /// <summary>
+    /// Units at or above this were never handed out by this process nor held data before it started: they read as
+    /// zeros. Only grows (a freed unit stays below it, so its reuse is zeroed). Every unit at or above it is free.
+    /// </summary>
+    public long HighWaterUnit { get; private set; }
+
+    /// <summary>Raises the mark (a repair: the container's past became unknown).</summary>
+    public void RaiseHighWater(long unit) => HighWaterUnit = Math.Clamp(Math.Max(HighWaterUnit, unit), 0, TotalUnits);
 
     public long TotalUnits { get; }
 
@@ -32,10 +48,28 @@ public sealed class ContainerSpace
     public bool IsUsed(long unit) => (_bits[unit >> 6] & (1UL << (int)(unit & 63))) != 0;
 
     /// <summary>Finds and takes <paramref name="units"/> free units aligned to <paramref name="units"/>; -1 when none fits.</summary>
-    public long Allocate(int units)
+    public long Allocate(int units) => Allocate(units, out _);
+
+    /// <summary>
+    /// Like <see cref="Allocate(int)"/>, preferring never-used units (above the mark): <paramref name="neverUsed"/>
+    /// says the units read as zeros already, so the caller need not zero them. Freed units are reused only when no
+    /// never-used ones fit.
+    /// </summary>
+    public long Allocate(int units, out bool neverUsed)
     {
         if (units <= 0 || !BitOperations.IsPow2(units)) throw new ArgumentOutOfRangeException(nameof(units));
+        neverUsed = false;
         if (units > FreeUnits) return -1;
+        long fresh = (HighWaterUnit + units - 1) / units * units;
+        if (fresh + units <= TotalUnits)
+        {
+            // Every unit at or above the mark is free, so no bitmap search is needed.
+            SetRange(fresh, units, true);
+            UsedUnits += units;
+            HighWaterUnit = fresh + units;
+            neverUsed = true;
+            return fresh;
+        }
         long slots = TotalUnits / units;
         if (slots == 0) return -1;
         long start = (_cursor / units) % slots;
@@ -49,6 +83,9 @@ public sealed class ContainerSpace
                 SetRange(first, units, true);
                 UsedUnits += units;
                 _cursor = first + units;
+                // Starts below the mark (nothing aligned fits above it) but may end above it: keep "every unit at or
+                // above the mark is free" true, or a smaller segment could later be handed units in use.
+                HighWaterUnit = Math.Max(HighWaterUnit, first + units);
                 return first;
             }
         }
@@ -62,6 +99,7 @@ public sealed class ContainerSpace
         if (!RangeFree(first, units)) throw new InvalidOperationException($"units {first}..{first + units - 1} are mapped twice");
         SetRange(first, units, true);
         UsedUnits += units;
+        HighWaterUnit = Math.Max(HighWaterUnit, first + units); // a mapped unit has held data, whatever the store said
     }
 
     public void Free(long first, int units)
@@ -117,11 +155,12 @@ public sealed partial class SpacePool
     private readonly HashSet<ushort> _failed = new();
     private readonly object _lock = new();
 
-    public void AddContainer(ushort id, long totalUnits, bool failed = false)
+    /// <param name="highWaterUnit">Units at or above it never held data; null (the default) when unknown: then none is trusted.</param>
+    public void AddContainer(ushort id, long totalUnits, bool failed = false, long? highWaterUnit = null)
     {
         lock (_lock)
         {
-            _spaces.Add(id, new ContainerSpace(totalUnits));
+            _spaces.Add(id, new ContainerSpace(totalUnits, highWaterUnit ?? totalUnits));
             if (failed) _failed.Add(id);
         }
     }
@@ -138,7 +177,27 @@ public sealed partial class SpacePool
 
     /// <summary>Takes <paramref name="units"/> aligned units from the emptiest container that fits them; false when none does (ENOSPC).</summary>
     public bool TryAllocate(int units, out ushort containerId, out long firstUnit) =>
-        TryAllocateExcept(NoContainer, units, out containerId, out firstUnit); // container ids start at 1
+        TryAllocateExcept(NoContainer, units, out containerId, out firstUnit, out _); // container ids start at 1
+
+    /// <summary>
+    /// <see cref="TryAllocate(int, out ushort, out long)"/> that also says whether the units never held data (read as
+    /// zeros already). The caller must persist the container's mark past them before anything writes there.
+    /// </summary>
+    public bool TryAllocate(int units, out ushort containerId, out long firstUnit, out bool neverUsed) =>
+        TryAllocateExcept(NoContainer, units, out containerId, out firstUnit, out neverUsed);
+
+    /// <summary>The in-memory mark of a container (0 when unknown).</summary>
+    public long HighWaterUnit(ushort containerId)
+    {
+        lock (_lock) return _spaces.TryGetValue(containerId, out var s) ? s.HighWaterUnit : 0;
+    }
+
+    /// <summary>Trusts none of a container's units as never used any more (after a repair).</summary>
+    public void ForgetNeverUsed(ushort containerId)
+    {
+        lock (_lock)
+            if (_spaces.TryGetValue(containerId, out var s)) s.RaiseHighWater(s.TotalUnits);
+    }
 
     /// <summary>No container has id 0.</summary>
     private const ushort NoContainer = 0;

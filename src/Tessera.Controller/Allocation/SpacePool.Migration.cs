@@ -16,14 +16,17 @@ public sealed partial class SpacePool
     }
 
     /// <summary>Takes aligned units from the emptiest healthy container other than <paramref name="excluded"/>.</summary>
-    public bool TryAllocateExcept(ushort excluded, int units, out ushort containerId, out long firstUnit)
+    public bool TryAllocateExcept(ushort excluded, int units, out ushort containerId, out long firstUnit) =>
+        TryAllocateExcept(excluded, units, out containerId, out firstUnit, out _);
+
+    private bool TryAllocateExcept(ushort excluded, int units, out ushort containerId, out long firstUnit, out bool neverUsed)
     {
         lock (_lock)
         {
             foreach (var (_, id) in _spaces.Where(s => s.Key != excluded && !_failed.Contains(s.Key) && s.Value.FreeUnits >= units)
                          .Select(s => (s.Value.FreeUnits, s.Key)).OrderByDescending(s => s.FreeUnits).ThenBy(s => s.Key).ToList())
             {
-                long first = _spaces[id].Allocate(units);
+                long first = _spaces[id].Allocate(units, out neverUsed);
                 if (first >= 0)
                 {
                     containerId = id;
@@ -33,6 +36,7 @@ public sealed partial class SpacePool
             }
             containerId = 0;
             firstUnit = -1;
+            neverUsed = false;
             return false;
         }
     }

@@ -93,6 +93,16 @@ public sealed partial class DiskCoordinator
         var containers = _store.ListContainers().ToDictionary(c => c.Id);
         var source = containers[old.ContainerId];
         var target = containers[newContainer];
+        try
+        {
+            // Durable before the copy writes there: see the copy-on-write path (DiskCoordinator.Snapshots.cs).
+            _store.AdvanceHighWater(newContainer, newIndex + units);
+        }
+        catch
+        {
+            _pool.Free(newContainer, newIndex, units);
+            throw;
+        }
         _store.SetJobCursor(jobId, disk.Id, refs.First(r => r.DiskId == disk.Id).Segment, old, newContainer, newIndex);
 
         var pause = Stopwatch.StartNew();
@@ -137,6 +147,12 @@ public sealed partial class DiskCoordinator
         }
     }
 
+    /// <summary>
+    /// Test seam: runs after a copy (copy-on-write or migration) reached its target durably and before the mapping
+    /// naming it is persisted. A test makes it hang and restarts the controller: the crash the high-water rule guards.
+    /// </summary>
+    internal Func<CancellationToken, Task>? AfterCopyForTest { get; set; }
+
     /// <summary>Copies a range between containers and flushes the target; on failure names the container that failed.</summary>
     private async Task<(IoStatus Status, ushort FailedContainer, string? Why)> CopyAsync(ContainerRow source, ContainerRow target, long from, long to, int length)
     {
@@ -154,6 +170,7 @@ public sealed partial class DiskCoordinator
             if (s != IoStatus.Ok) return (s, s == IoStatus.IoError ? target.Id : (ushort)0, $"writing {target.Name} failed: {s}");
         }
         var f = await dst.FlushAsync(_stopping).ConfigureAwait(false);
+        if (f == IoStatus.Ok && AfterCopyForTest is { } hook) await hook(_stopping).ConfigureAwait(false);
         return f == IoStatus.Ok ? (f, (ushort)0, null) : (f, f == IoStatus.IoError ? target.Id : (ushort)0, $"flushing {target.Name} failed: {f}");
     }
 

@@ -120,6 +120,9 @@ public sealed partial class DiskCoordinator
         bool persisted = false;
         try
         {
+            // The copy writes another disk's bytes into units that may be above the mark: the mark must be durable
+            // first, or a crash before the mapping commits would leave them "never used" yet full (a leak between disks).
+            _store.AdvanceHighWater(containerId, firstUnit + units);
             // Every holder has NoWrite here (the store says so, and no agent is less restrictive), so the source does not change while copied.
             (status, _, _) = await CopyAsync(from, to, entry.ContainerOffset, target.ContainerOffset, disk.SegmentSizeBytes).ConfigureAwait(false);
             if (status == IoStatus.Ok)

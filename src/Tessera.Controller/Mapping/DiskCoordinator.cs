@@ -129,9 +129,15 @@ public sealed partial class DiskCoordinator
 
     private async Task HandleFaultAsync(AgentSession session, MapFault fault)
     {
+        long ticket = EnterWaiting(session, fault); // lets the lock holder allocate this fault's segment in its batch
         try
         {
             using var _ = await LockDiskAsync(fault.DiskId).ConfigureAwait(false);
+            LeaveWaiting(fault.DiskId, ticket);
+            // The lock is taken in arrival order; now leave the session's reader. Store calls are synchronous, and a
+            // write fault may commit (an fsync) before its first real await: run on the reader, it kept the next
+            // faults unread, so they never queued behind this one and group commit never had anything to batch.
+            if (fault.Write) await Task.Yield();
             var response = await DecideAsync(session, fault).ConfigureAwait(false);
             Respond(session, response); // still under the disk lock: ordered before any later change of this disk
         }
@@ -145,6 +151,7 @@ public sealed partial class DiskCoordinator
         }
         finally
         {
+            LeaveWaiting(fault.DiskId, ticket);
             Done(session);
         }
     }
@@ -184,45 +191,79 @@ public sealed partial class DiskCoordinator
     /// <summary>
     /// Thin allocation: take space, make it read as zeros, persist, push to every other holder and wait, then
     /// answer. The order is the safety rule: no host may read zeros after a write elsewhere was acknowledged.
+    /// Segments that write faults queued behind this one will need are allocated in the same transaction
+    /// (DiskCoordinator.Batch.cs); their faults then find them mapped.
     /// </summary>
     private async Task<FaultResponse> AllocateAsync(AgentSession session, MapFault fault, DiskRow disk, long segment)
     {
         int units = disk.UnitsPerSegment;
-        if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit))
+        var segments = QueuedZeroSegments(disk, segment);
+        segments.Insert(0, segment);
+        var taken = new List<(long Segment, MapEntry Entry, bool NeverUsed)>(segments.Count);
+        foreach (long s in segments)
+        {
+            if (!_pool.TryAllocate(units, out ushort c, out long first, out bool neverUsed)) break;
+            taken.Add((s, MapEntry.Mapped(c, first), neverUsed));
+        }
+        if (taken.Count == 0)
         {
             s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
         }
 
-        var entry = MapEntry.Mapped(containerId, firstUnit);
-        var container = _store.ListContainers().First(c => c.Id == containerId);
-        var status = IoStatus.IoError;
+        var containers = _store.ListContainers().ToDictionary(c => c.Id);
+        var status = IoStatus.Ok;
+        ushort failedContainer = 0;
         bool persisted = false;
         try
         {
-            // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably.
-            var storage = ContainerRegistry.Shared.Open(container.Uri);
-            status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
-            if (status == IoStatus.Ok) status = await storage.FlushAsync(_stopping).ConfigureAwait(false);
+            // A freed segment may hold another disk's old bytes; a new segment must read as zeros, durably. Units above
+            // the container's high-water mark never held data, so they read as zeros already (docs/architecture.md,
+            // "Never-used units"); the mark advances in the mapping's own transaction, before any agent can write there.
+            var zeroed = new HashSet<ushort>();
+            foreach (var (_, entry, neverUsed) in taken)
+            {
+                if (neverUsed) continue;
+                var storage = ContainerRegistry.Shared.Open(containers[entry.ContainerId].Uri);
+                status = await storage.ZeroAsync(entry.ContainerOffset, disk.SegmentSizeBytes, _stopping).ConfigureAwait(false);
+                if (status != IoStatus.Ok) { failedContainer = entry.ContainerId; break; }
+                zeroed.Add(entry.ContainerId);
+            }
+            foreach (ushort id in zeroed)
+            {
+                if (status != IoStatus.Ok) break;
+                status = await ContainerRegistry.Shared.Open(containers[id].Uri).FlushAsync(_stopping).ConfigureAwait(false);
+                if (status != IoStatus.Ok) failedContainer = id;
+            }
             if (status == IoStatus.Ok)
             {
-                _store.SetEntries(disk.Id, [(segment, entry)]);
+                _store.SetEntriesAdvancingHighWater(disk.Id, taken.Select(t => (t.Segment, t.Entry)).ToList(), units);
                 persisted = true;
             }
         }
         finally
         {
-            if (!persisted) _pool.Free(containerId, firstUnit, units);
+            if (!persisted)
+                foreach (var (_, entry, _) in taken) _pool.Free(entry.ContainerId, entry.PhysicalIndex, units);
         }
         if (status != IoStatus.Ok)
         {
-            if (status == IoStatus.IoError) _ = OnContainerErrorReported(containerId, "the controller", "zeroing a new segment failed"); // probe; mark failed
-            return Fail(fault, IoStatus.IoError, $"container {container.Name} failed to zero a new segment");
+            var name = containers.TryGetValue(failedContainer, out var row) ? row.Name : failedContainer.ToString(System.Globalization.CultureInfo.InvariantCulture);
+            if (status == IoStatus.IoError && failedContainer != 0) _ = OnContainerErrorReported(failedContainer, "the controller", "zeroing a new segment failed"); // probe; mark failed
+            return Fail(fault, IoStatus.IoError, $"container {name} failed to zero a new segment");
         }
 
-        s_allocations.Add(1);
-        LogAllocated(_log, disk.Name, segment, entry.ToString());
-        await PushAsync(disk.Id, segment, 1, entry, blocking: false, except: session).ConfigureAwait(false);
+        s_allocations.Add(taken.Count);
+        var pushes = new List<Task>(taken.Count);
+        foreach (var (s, entry, _) in taken)
+        {
+            LogAllocated(_log, disk.Name, s, entry.ToString());
+            // The faulting session learns its own segment from the answer. The batch's other segments go to every
+            // holder, the faulting sessions included: a host still holding Zero there could read zeros after
+            // another host's write to it was acknowledged.
+            pushes.Add(PushAsync(disk.Id, s, 1, entry, blocking: false, except: s == segment ? session : null));
+        }
+        await Task.WhenAll(pushes).ConfigureAwait(false);
         return Retry(fault, disk, segment, false);
     }
 

@@ -228,7 +228,9 @@ public sealed partial class ControllerStore
             if (Scalar(_db, tx, "SELECT count(*) FROM segments WHERE container_id=$c", ("$c", (long)containerId)) is not 0L) return false;
             if (Scalar(_db, tx, "SELECT count(*) FROM migration_jobs WHERE state='running' AND (source_container=$c OR target_container=$c OR cur_new_container=$c)", ("$c", (long)containerId)) is not 0L) return false;
             Exec(_db, tx, "DELETE FROM containers WHERE id=$c", ("$c", (long)containerId));
+            RemoveHighWater(tx, containerId);
             tx.Commit();
+            InvalidateHighWater();
             return true;
         }
     }

@@ -31,7 +31,7 @@ public readonly record struct SegmentRow(ulong DiskId, long Segment, MapEntry En
 /// </summary>
 public sealed partial class ControllerStore : IDisposable
 {
-    public const int SchemaVersion = 2; // 2: snapshots (ControllerStore.Snapshots.cs)
+    public const int SchemaVersion = 3; // 2: snapshots (ControllerStore.Snapshots.cs); 3: high-water marks (ControllerStore.HighWater.cs)
 
     private const string Schema = """
         CREATE TABLE meta (
@@ -111,10 +111,12 @@ public sealed partial class ControllerStore : IDisposable
                 {
                     Exec(db, tx, Schema);
                     Exec(db, tx, SnapshotSchema);
+                    Exec(db, tx, HighWaterSchema);
                     Exec(db, tx, "INSERT INTO meta(key, value) VALUES ('schema_version', $v), ('controller_epoch', '0')", ("$v", SchemaVersion.ToString(CultureInfo.InvariantCulture)));
                 }
                 var version = Convert.ToInt32(Scalar(db, tx, "SELECT value FROM meta WHERE key='schema_version'"), CultureInfo.InvariantCulture);
                 version = MigrateSnapshots(db, tx, version);
+                version = MigrateHighWater(db, tx, version);
                 if (version != SchemaVersion)
                     throw new InvalidOperationException($"store {path} has schema version {version}, this controller understands {SchemaVersion}");
                 Exec(db, tx, OperationsSchema); // additive tables (IF NOT EXISTS): also upgrades a store made before them
@@ -158,8 +160,11 @@ public sealed partial class ControllerStore : IDisposable
         }
     }
 
-    /// <summary>Adds a container with the next free id; returns null when all 65535 ids are taken.</summary>
-    public ContainerRow? AddContainer(string name, string uri, long sizeBytes)
+    /// <summary>
+    /// Adds a container with the next free id; returns null when all 65535 ids are taken. <paramref name="highWaterUnit"/>:
+    /// units at or above it never held data (0 for a container Tessera just created sparse); -1 when unknown.
+    /// </summary>
+    public ContainerRow? AddContainer(string name, string uri, long sizeBytes, long highWaterUnit = -1)
     {
         lock (_lock)
         {
@@ -168,7 +173,9 @@ public sealed partial class ControllerStore : IDisposable
             if (next > MapEntry.MaxContainerId) return null;
             Exec(_db, tx, "INSERT INTO containers(id, name, uri, size_bytes) VALUES ($id, $n, $u, $s)",
                 ("$id", next), ("$n", name), ("$u", uri), ("$s", sizeBytes));
+            SetHighWaterOnAdd(tx, (ushort)next, sizeBytes, highWaterUnit);
             tx.Commit();
+            InvalidateHighWater();
             return new((ushort)next, name, uri, sizeBytes, false, "");
         }
     }
