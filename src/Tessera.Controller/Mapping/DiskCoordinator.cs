@@ -284,7 +284,7 @@ public sealed partial class DiskCoordinator
         return TimeSpan.Zero;
     }
 
-    private Task WaitAsync(TimeSpan delay) => delay <= TimeSpan.Zero ? Task.CompletedTask : Task.Delay(delay, _time, _stopping);
+    private Task WaitAsync(TimeSpan delay) => delay <= TimeSpan.Zero ? Task.CompletedTask : Task.Delay(AgentSession.RoundUpToMilliseconds(delay), _time, _stopping);
 
     /// <summary>
     /// Seam for WRITE_ZEROES/TRIM of whole segments: returns them to Zero and frees their space. Persist first,
