@@ -23,8 +23,17 @@ public sealed class ContainerSet
         public bool Failed { get; init; }
         public string? FailureReason { get; init; }
 
-        /// <summary>Set after a write completes, cleared by the flush that makes it durable.</summary>
-        internal int Dirty;
+        /// <summary>
+        /// Written since the last flush. Shared by every slot that replaces this one for the same id (the controller
+        /// re-sends the container list on each registration): a write acknowledged before the replacement, or
+        /// completing into the old slot after it, must still be flushed by the next FLUSH.
+        /// </summary>
+        internal DirtyMark Dirty { get; init; } = new();
+    }
+
+    internal sealed class DirtyMark
+    {
+        public int Value;
     }
 
     /// <summary>Called when an operation on a container returns <see cref="IoStatus.IoError"/> (set before any Upsert).</summary>
@@ -52,10 +61,12 @@ public sealed class ContainerSet
             }
         }
         if (container is not null && IoErrorObserved is not null) container = new ReportingContainer(container, id, this);
-        var slot = new Slot { Id = id, Name = name, Uri = uri, Container = container, Failed = container is null, FailureReason = reason };
+        Slot slot;
         lock (this)
         {
             var slots = _slots;
+            var previous = id < slots.Length ? slots[id] : null;
+            slot = new Slot { Id = id, Name = name, Uri = uri, Container = container, Failed = container is null, FailureReason = reason, Dirty = previous?.Dirty ?? new DirtyMark() };
             if (id >= slots.Length)
             {
                 var grown = new Slot?[Math.Max(id + 1, (uint)slots.Length * 2)];
@@ -78,11 +89,11 @@ public sealed class ContainerSet
         var result = IoStatus.Ok;
         foreach (var slot in _slots)
         {
-            if (slot?.Container is null || Interlocked.Exchange(ref slot.Dirty, 0) == 0) continue;
+            if (slot?.Container is null || Interlocked.Exchange(ref slot.Dirty.Value, 0) == 0) continue;
             var status = await slot.Container.FlushAsync(cancellationToken);
             if (status != IoStatus.Ok)
             {
-                Volatile.Write(ref slot.Dirty, 1); // still not durable
+                Volatile.Write(ref slot.Dirty.Value, 1); // still not durable
                 result = status;
             }
         }
