@@ -34,6 +34,7 @@ public sealed class ContainerSet
     internal sealed class DirtyMark
     {
         public int Value;
+        public int FlushesRunning;
     }
 
     /// <summary>Called when an operation on a container returns <see cref="IoStatus.IoError"/> (set before any Upsert).</summary>
@@ -89,11 +90,19 @@ public sealed class ContainerSet
         var result = IoStatus.Ok;
         foreach (var slot in _slots)
         {
-            if (slot?.Container is null || Interlocked.Exchange(ref slot.Dirty.Value, 0) == 0) continue;
-            var status = await slot.Container.FlushAsync(cancellationToken);
+            if (slot?.Container is null) continue;
+            var mark = slot.Dirty;
+            // A clean flag does not mean durable while another flush that cleared it is still running: that flush
+            // may finish after ours would have answered. Flush ourselves then; the device covers every write
+            // completed before our call, including the ones the other flush is for.
+            if (Interlocked.Exchange(ref mark.Value, 0) == 0 && Volatile.Read(ref mark.FlushesRunning) == 0) continue;
+            Interlocked.Increment(ref mark.FlushesRunning);
+            IoStatus status;
+            try { status = await slot.Container.FlushAsync(cancellationToken); }
+            finally { Interlocked.Decrement(ref mark.FlushesRunning); }
             if (status != IoStatus.Ok)
             {
-                Volatile.Write(ref slot.Dirty.Value, 1); // still not durable
+                Volatile.Write(ref mark.Value, 1); // still not durable
                 result = status;
             }
         }
