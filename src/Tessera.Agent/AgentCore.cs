@@ -39,14 +39,15 @@ public sealed partial class AgentCore : IFaultSink
     private long _leaseExpiresAtTicks = long.MinValue; // TimeProvider timestamp; MinValue = no lease yet
     private bool _leaseLapsed = true;
 
-    public AgentCore(string hostName, ContainerSet containers, TimeProvider time, ILogger logger, int faultTimeoutMs = 120_000)
+    /// <param name="incarnation">Fixed only by the deterministic simulation, which must replay a run bit for bit; random otherwise.</param>
+    public AgentCore(string hostName, ContainerSet containers, TimeProvider time, ILogger logger, int faultTimeoutMs = 120_000, ulong? incarnation = null)
     {
         HostName = hostName;
         Containers = containers;
         _time = time;
         _logger = logger;
         FaultTimeoutMs = faultTimeoutMs;
-        Incarnation = (ulong)Random.Shared.NextInt64(1, long.MaxValue);
+        Incarnation = incarnation ?? (ulong)Random.Shared.NextInt64(1, long.MaxValue);
         containers.IoErrorObserved = ReportContainerError;
     }
 

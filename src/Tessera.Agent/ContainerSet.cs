@@ -23,14 +23,24 @@ public sealed class ContainerSet
         public bool Failed { get; init; }
         public string? FailureReason { get; init; }
 
+        /// <summary>
+        /// Written since the last flush. Shared by every slot that replaces this one for the same id (the controller
+        /// re-sends the container list on each registration): a write acknowledged before the replacement, or
+        /// completing into the old slot after it, must still be flushed by the next FLUSH.
+        /// </summary>
+        internal DirtyMark Dirty { get; init; } = new();
+    }
+
+    internal sealed class DirtyMark
+    {
         /// <summary>Set after a write completes, cleared by the flush that makes it durable.</summary>
-        internal int Dirty;
+        public int Value;
 
         /// <summary>
-        /// One flush of this container at a time. Without it a second flush could find Dirty already cleared by a
+        /// One flush of this container at a time. Without it a second flush could find the flag already cleared by a
         /// first whose fdatasync has not returned yet, and answer before the writes it must cover are durable.
         /// </summary>
-        internal readonly SemaphoreSlim FlushGate = new(1, 1);
+        public readonly SemaphoreSlim FlushGate = new(1, 1);
     }
 
     /// <summary>Called when an operation on a container returns <see cref="IoStatus.IoError"/> (set before any Upsert).</summary>
@@ -58,10 +68,12 @@ public sealed class ContainerSet
             }
         }
         if (container is not null && IoErrorObserved is not null) container = new ReportingContainer(container, id, this);
-        var slot = new Slot { Id = id, Name = name, Uri = uri, Container = container, Failed = container is null, FailureReason = reason };
+        Slot slot;
         lock (this)
         {
             var slots = _slots;
+            var previous = id < slots.Length ? slots[id] : null;
+            slot = new Slot { Id = id, Name = name, Uri = uri, Container = container, Failed = container is null, FailureReason = reason, Dirty = previous?.Dirty ?? new DirtyMark() };
             if (id >= slots.Length)
             {
                 var grown = new Slot?[Math.Max(id + 1, (uint)slots.Length * 2)];
@@ -84,23 +96,24 @@ public sealed class ContainerSet
         var result = IoStatus.Ok;
         foreach (var slot in _slots)
         {
-            // Not skipped on a clear Dirty flag without the gate: a flush in progress may have cleared it.
+            // Not skipped on a clear flag without the gate: a flush in progress may have cleared it.
             if (slot?.Container is null) continue;
-            await slot.FlushGate.WaitAsync(cancellationToken);
+            var mark = slot.Dirty;
+            await mark.FlushGate.WaitAsync(cancellationToken);
             try
             {
                 // Re-checked under the gate: a flush that finished meanwhile covered every write completed before it.
-                if (Interlocked.Exchange(ref slot.Dirty, 0) == 0) continue;
+                if (Interlocked.Exchange(ref mark.Value, 0) == 0) continue;
                 var status = await slot.Container.FlushAsync(cancellationToken);
                 if (status != IoStatus.Ok)
                 {
-                    Volatile.Write(ref slot.Dirty, 1); // still not durable
+                    Volatile.Write(ref mark.Value, 1); // still not durable
                     result = status;
                 }
             }
             finally
             {
-                slot.FlushGate.Release();
+                mark.FlushGate.Release();
             }
         }
         return result;

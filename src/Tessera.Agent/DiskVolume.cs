@@ -442,7 +442,7 @@ public sealed class DiskVolume
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
     private static void MarkDirty(ContainerSet.Slot slot)
     {
-        if (Volatile.Read(ref slot.Dirty) == 0) Volatile.Write(ref slot.Dirty, 1);
+        if (Volatile.Read(ref slot.Dirty.Value) == 0) Volatile.Write(ref slot.Dirty.Value, 1);
     }
 
     [MethodImpl(MethodImplOptions.AggressiveInlining)]

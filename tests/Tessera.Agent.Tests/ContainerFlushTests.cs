@@ -47,7 +47,7 @@ public class ContainerFlushTests
         // Proves a flush that finds the dirty flag already cleared by a flush still in fdatasync is not answered
         // before that fdatasync returns: the write completed before both flushes is not durable until then.
         var (set, slot, container) = NewSet();
-        Volatile.Write(ref slot.Dirty, 1); // a write completed (and was acknowledged) before either flush
+        Volatile.Write(ref slot.Dirty.Value, 1); // a write completed (and was acknowledged) before either flush
         var first = set.FlushDirtyAsync(CancellationToken.None).AsTask();
         Assert.Equal(1, Volatile.Read(ref container.FlushesStarted));
         var second = set.FlushDirtyAsync(CancellationToken.None).AsTask();
@@ -66,10 +66,10 @@ public class ContainerFlushTests
         // Proves a write that completes while a flush is running (after it cleared the flag) is not lost: the next
         // flush, queued behind the first, finds it dirty and flushes the container again.
         var (set, slot, container) = NewSet();
-        Volatile.Write(ref slot.Dirty, 1);
+        Volatile.Write(ref slot.Dirty.Value, 1);
         var first = set.FlushDirtyAsync(CancellationToken.None).AsTask();
-        Assert.Equal(0, Volatile.Read(ref slot.Dirty));
-        Volatile.Write(ref slot.Dirty, 1); // the write completes during the first fdatasync
+        Assert.Equal(0, Volatile.Read(ref slot.Dirty.Value));
+        Volatile.Write(ref slot.Dirty.Value, 1); // the write completes during the first fdatasync
         var second = set.FlushDirtyAsync(CancellationToken.None).AsTask();
         Assert.False(second.IsCompleted);
 
@@ -77,6 +77,6 @@ public class ContainerFlushTests
         Assert.Equal(IoStatus.Ok, await first.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(IoStatus.Ok, await second.WaitAsync(TimeSpan.FromSeconds(30)));
         Assert.Equal(2, container.FlushesFinished);
-        Assert.Equal(0, Volatile.Read(ref slot.Dirty));
+        Assert.Equal(0, Volatile.Read(ref slot.Dirty.Value));
     }
 }

@@ -115,9 +115,11 @@ public class AgentChannelTests
     }
 
     [Fact]
-    public async Task Every_other_holder_gets_SetEntries_before_the_writer_gets_its_answer()
+    public async Task Every_other_holder_stops_reading_zeros_before_the_writer_gets_its_answer()
     {
-        // Proves the sharing rule: host B holds the new entry before host A's write may proceed.
+        // Proves the sharing rule: host B no longer reads the old Zero entry before host A's write may proceed.
+        // B gets Invalid rather than the new entry, so no holder can write the new segment while another holder
+        // (or A itself) still reads zeros; B loads the entry on its next fault.
         await using var c = await TestCluster.StartAsync();
         await c.AddGarbageContainerAsync("c1", 8 * MiB);
         var disk = await c.CreatePresentedDiskAsync("shared", 8 * MiB, "a", "b");
@@ -132,8 +134,7 @@ public class AgentChannelTests
         Assert.Equal(disk.Id, push.DiskId);
         Assert.Equal(3ul, push.SetEntries.FirstSegment);
         Assert.Equal(1ul, push.SetEntries.Count);
-        var pushed = new MapEntry(push.SetEntries.Entries[0]);
-        Assert.True(pushed.HasLocation);
+        Assert.Equal(MapEntry.Invalid, new MapEntry(push.SetEntries.Entries[0]));
 
         // A must still be waiting while B has not replied.
         var early = a.NextAsync(m => m.FaultResponse?.FaultId == faultId, TimeSpan.FromMilliseconds(500));
@@ -142,7 +143,10 @@ public class AgentChannelTests
         await b.ReplyAsync(push);
         var r = (await a.NextAsync(m => m.FaultResponse?.FaultId == faultId)).FaultResponse;
         Assert.Equal(FaultOutcome.Retry, r.Outcome);
-        Assert.Equal(pushed.Raw, r.Entries[(int)(3 - r.FirstSegment)]);
+        var entry = new MapEntry(r.Entries[(int)(3 - r.FirstSegment)]);
+        Assert.True(entry.HasLocation);
+        var reload = await b.FaultAndWaitAsync(disk.Id, 3, false);
+        Assert.Equal(entry, new MapEntry(reload.Entries[(int)(3 - reload.FirstSegment)]));
     }
 
     [Fact]
@@ -357,7 +361,7 @@ public class AgentChannelTests
         var written = await rw.FaultAndWaitAsync(disk.Id, 1, true);
         var mapped = new MapEntry(written.Entries[1]);
         var push = (await ro.NextAsync(m => m.Command?.SetEntries is not null)).Command;
-        Assert.Equal(mapped.WithStates(EntryStates.NoWrite, EntryStates.None).Raw, push.SetEntries.Entries.Single());
+        Assert.Equal(MapEntry.Invalid.Raw, push.SetEntries.Entries.Single()); // stop reading zeros; load on the next fault
 
         var read = await ro.FaultAndWaitAsync(disk.Id, 1, false);
         Assert.Equal(EntryStates.NoWrite, new MapEntry(read.Entries[1]).States);

@@ -139,7 +139,7 @@ public sealed class AgentSession
             var wait = untilNoReply < LeaseRemaining ? untilNoReply : LeaseRemaining;
             if (wait <= TimeSpan.Zero) break;
             using var cts = CancellationTokenSource.CreateLinkedTokenSource(cancellationToken);
-            var delay = Task.Delay(wait, _time, cts.Token);
+            var delay = Task.Delay(RoundUpToMilliseconds(wait), _time, cts.Token);
             await Task.WhenAny(reply, delay).ConfigureAwait(false);
             cts.Cancel();
             cancellationToken.ThrowIfCancellationRequested();
@@ -158,7 +158,7 @@ public sealed class AgentSession
         {
             var remaining = LeaseRemaining;
             if (remaining <= TimeSpan.Zero) return;
-            await Task.Delay(remaining, _time, cancellationToken).ConfigureAwait(false);
+            await Task.Delay(RoundUpToMilliseconds(remaining), _time, cancellationToken).ConfigureAwait(false);
         }
     }
 
@@ -197,6 +197,13 @@ public sealed class AgentSession
             Close("stream broken: " + e.Message);
         }
     }
+
+    /// <summary>
+    /// Task.Delay counts whole milliseconds and truncates: a remainder below 1 ms completes at once, and a loop
+    /// that re-checks the remaining time then spins until the clock moves (forever under a simulated clock).
+    /// Rounding up also keeps a wait from ending before the bound it waits for.
+    /// </summary>
+    internal static TimeSpan RoundUpToMilliseconds(TimeSpan delay) => TimeSpan.FromMilliseconds(Math.Ceiling(delay.TotalMilliseconds));
 
     private static CommandReply Failed(ulong id, string error) => new() { CommandId = id, Ok = false, Error = error };
 }

@@ -139,8 +139,10 @@ public sealed partial class DiskCoordinator
 
         s_copies.Add(1);
         // Blocking and to every holder, the faulting one too: reads of the old place drain before it may be freed
-        // (now, if a snapshot deletion raced with us, or later, when the snapshot is deleted).
-        await PushAsync(disk.Id, segment, 1, target, blocking: true, except: null).ConfigureAwait(false);
+        // (now, if a snapshot deletion raced with us, or later, when the snapshot is deleted). Invalid rather than
+        // the target: a holder that applied the target could write and acknowledge while another still read the
+        // old place (same race as in AllocateAsync); holders load the target on their next fault.
+        await PushAsync(disk.Id, segment, 1, MapEntry.Invalid, blocking: true, except: null).ConfigureAwait(false);
         Free(unreferenced, units);
         return Retry(fault, disk, segment, false);
     }

@@ -3,8 +3,10 @@
 // The controller changes a disk's map in the store first and then in every agent that holds a table for the
 // disk. The safety rule is that no agent's copy may be less restrictive than the store once the change is
 // acknowledged to anyone: after host A's first write to a thin segment is acknowledged, host B must not read
-// zeros from its stale Zero entry. So an allocation fault is answered only when every other holder replied to the
-// SetEntries push.
+// zeros from its stale Zero entry. So an allocation fault is answered only when every holder, the faulting one
+// included, replied to a push that replaces the old entry with Invalid (they load the new one on their next
+// fault). Pushing the new entry itself is not enough: one holder could apply it, write and acknowledge while
+// another has not applied it yet.
 //
 // An agent may crash, hang or be partitioned, and waiting for it forever would stop every other host. The patent
 // ([0027]) resolves this with a known state: an agent that loses its controller for long enough stops I/O on its
@@ -258,10 +260,12 @@ public sealed partial class DiskCoordinator
         foreach (var (s, entry, _) in taken)
         {
             LogAllocated(_log, disk.Name, s, entry.ToString());
-            // The faulting session learns its own segment from the answer. The batch's other segments go to every
-            // holder, the faulting sessions included: a host still holding Zero there could read zeros after
-            // another host's write to it was acknowledged.
-            pushes.Add(PushAsync(disk.Id, s, 1, entry, blocking: false, except: s == segment ? session : null));
+            // Every holder, the faulting ones too, first stops reading the old Zero entry (Invalid: it faults and
+            // waits for this disk's lock); only then may anyone write the new segment. Pushing the new entry instead
+            // let a holder that applied it write and acknowledge while another, or the faulting host itself, still
+            // read zeros (found by the deterministic simulation). Holders load the new entry on their next fault;
+            // the faulting session gets it in its answer.
+            pushes.Add(PushAsync(disk.Id, s, 1, MapEntry.Invalid, blocking: false, except: null));
         }
         await Task.WhenAll(pushes).ConfigureAwait(false);
         return Retry(fault, disk, segment, false);
@@ -325,7 +329,7 @@ public sealed partial class DiskCoordinator
         return TimeSpan.Zero;
     }
 
-    private Task WaitAsync(TimeSpan delay) => delay <= TimeSpan.Zero ? Task.CompletedTask : Task.Delay(delay, _time, _stopping);
+    private Task WaitAsync(TimeSpan delay) => delay <= TimeSpan.Zero ? Task.CompletedTask : Task.Delay(AgentSession.RoundUpToMilliseconds(delay), _time, _stopping);
 
     /// <summary>
     /// Seam for WRITE_ZEROES/TRIM of whole segments: returns them to Zero and frees their space. Persist first,
