@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Coverage-guided fuzzing of Tessera's parsers with SharpFuzz + AFL++ (docs/reliability.md, "Coverage-guided fuzzing").
-#   scripts/fuzz.sh TARGET|all [--minutes M]      TARGET: handshake transmission client admin parsers
+#   scripts/fuzz.sh TARGET|all [--minutes M] [--reuse-build]     TARGET: handshake transmission client admin parsers
 # Installs afl++ (Debian) and the SharpFuzz tool (.config/dotnet-tools.json) when missing, builds fuzz/Tessera.Fuzz,
 # instruments the Tessera assemblies, runs one afl-fuzz instance per target (one after the other) for M minutes each
-# (default 10), and prints executions, paths, crashes and hangs and where they are saved.
+# (default 10), and prints executions, paths, crashes and hangs and where they are saved. --reuse-build keeps the
+# instrumented build of an earlier run (building takes minutes on a loaded machine).
 # Replay a finding: dotnet artifacts/fuzz/bin/Tessera.Fuzz.dll TARGET --replay FILE...
 set -euo pipefail
 
@@ -12,13 +13,15 @@ cd "$root"
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1 DOTNET_SKIP_FIRST_TIME_EXPERIENCE=1
 
 all_targets=(handshake transmission client admin parsers)
-usage() { echo "usage: scripts/fuzz.sh ${all_targets[*]// /|}|all [--minutes M]" >&2; exit 2; }
+usage() { echo "usage: scripts/fuzz.sh ${all_targets[*]// /|}|all [--minutes M] [--reuse-build]" >&2; exit 2; }
 [[ $# -ge 1 ]] || usage
 target_arg="$1"; shift
 minutes=10
+reuse_build=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --minutes) [[ $# -ge 2 ]] || usage; minutes="$2"; shift 2 ;;
+        --reuse-build) reuse_build=1; shift ;;
         *) usage ;;
     esac
 done
@@ -42,16 +45,21 @@ dotnet tool restore >/dev/null
 # an assembly can be instrumented once, so every run starts from a clean build output.
 out="$root/artifacts/fuzz"
 bin="$out/bin"
-rm -rf "$bin"
 mkdir -p "$out"
-echo "fuzz.sh: building fuzz/Tessera.Fuzz"
-dotnet build fuzz/Tessera.Fuzz/Tessera.Fuzz.csproj -c Release -nologo -v quiet -o "$bin" >"$out/build.log" 2>&1 \
-    || { cat "$out/build.log" >&2; echo "fuzz.sh: build failed" >&2; exit 1; }
-# The product assemblies, not the harness: coverage of the code under test is what guides AFL++.
-for asm in Tessera.Nbd.dll Tessera.Core.dll Tessera.Controller.dll tessera.dll; do
-    dotnet sharpfuzz "$bin/$asm" >/dev/null
-done
-echo "fuzz.sh: instrumented Tessera.Nbd, Tessera.Core, Tessera.Controller, tessera (CLI)"
+if [[ $reuse_build -eq 1 && -f "$bin/.instrumented" ]]; then
+    echo "fuzz.sh: reusing the instrumented build in $bin"
+else
+    rm -rf "$bin"
+    echo "fuzz.sh: building fuzz/Tessera.Fuzz"
+    dotnet build fuzz/Tessera.Fuzz/Tessera.Fuzz.csproj -c Release -nologo -v quiet -o "$bin" >"$out/build.log" 2>&1 \
+        || { cat "$out/build.log" >&2; echo "fuzz.sh: build failed" >&2; exit 1; }
+    # The product assemblies, not the harness: coverage of the code under test is what guides AFL++.
+    for asm in Tessera.Nbd.dll Tessera.Core.dll Tessera.Controller.dll tessera.dll; do
+        dotnet sharpfuzz "$bin/$asm" >/dev/null
+    done
+    touch "$bin/.instrumented"
+    echo "fuzz.sh: instrumented Tessera.Nbd, Tessera.Core, Tessera.Controller, tessera (CLI)"
+fi
 
 # --- 3. Fuzz ------------------------------------------------------------------------------------------------
 # AFL_SKIP_BIN_CHECK: the program afl-fuzz starts is `dotnet`, which has no AFL instrumentation of its own; the
