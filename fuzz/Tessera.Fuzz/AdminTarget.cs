@@ -37,8 +37,9 @@ public sealed class AdminTarget : IDisposable
         _root = Path.Combine(baseDir, $"tessera-fuzz-admin-{Environment.ProcessId}-{Guid.NewGuid():N}");
         _template = Path.Combine(_root, "template");
         _work = Path.Combine(_root, "work");
-        BuildTemplate();
     }
+
+    private bool _templateBuilt;
 
     /// <summary>Names of the callable methods; the method byte of a call is an index into this list (modulo its length).</summary>
     public static readonly string[] Methods =
@@ -84,6 +85,13 @@ public sealed class AdminTarget : IDisposable
     public void Run(byte[] input)
     {
         LastSucceeded = 0;
+        if (!_templateBuilt)
+        {
+            // Built on the first input, not in the constructor: under AFL++ instrumented code may only run
+            // inside SharpFuzz's loop, which sets up the coverage map first.
+            BuildTemplate();
+            _templateBuilt = true;
+        }
         if (Directory.Exists(_work)) Directory.Delete(_work, recursive: true);
         Directory.CreateDirectory(_work);
         foreach (var f in Directory.GetFiles(_template)) File.Copy(f, Path.Combine(_work, Path.GetFileName(f)));
