@@ -94,7 +94,18 @@ public sealed class AdminTarget : IDisposable
         }
         if (Directory.Exists(_work)) Directory.Delete(_work, recursive: true);
         Directory.CreateDirectory(_work);
-        foreach (var f in Directory.GetFiles(_template)) File.Copy(f, Path.Combine(_work, Path.GetFileName(f)));
+        foreach (var f in Directory.GetFiles(_template))
+        {
+            string to = Path.Combine(_work, Path.GetFileName(f));
+            if (f.EndsWith(".img", StringComparison.Ordinal))
+            {
+                // Container images hold no data in the template: a new sparse file of the same size is the same
+                // container, where File.Copy would write all of it (96 MiB per input).
+                using var image = new FileStream(to, FileMode.CreateNew, FileAccess.Write);
+                image.SetLength(new FileInfo(f).Length);
+            }
+            else File.Copy(f, to);
+        }
 
         var live = new Dictionary<ushort, (long, long)>();
         using (var core = new ControllerCore(Options(_work), NullLoggerFactory.Instance))
