@@ -5,7 +5,7 @@
 # instruments the Tessera assemblies, runs one afl-fuzz instance per target (one after the other) for M minutes each
 # (default 10), and prints executions, paths, crashes and hangs and where they are saved. --reuse-build keeps the
 # instrumented build of an earlier run (building takes minutes on a loaded machine).
-# Replay a finding: dotnet artifacts/fuzz/bin/Tessera.Fuzz.dll TARGET --replay FILE...
+# Replay a finding (uninstrumented build): dotnet run --project fuzz/Tessera.Fuzz -c Release -- TARGET --replay FILE...
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
