@@ -78,6 +78,8 @@ for t in "${targets[@]}"; do
     echo "fuzz.sh: fuzzing $t for $minutes min (corpus fuzz/corpus/$t, findings $findings)"
     nice -n 10 afl-fuzz -V $((minutes * 60)) -i "fuzz/corpus/$t" -o "$findings" -t 10000 -m none \
         -- dotnet "$bin/Tessera.Fuzz.dll" "$t" >"$out/$t.log" 2>&1 || { tail -30 "$out/$t.log" >&2; echo "fuzz.sh: afl-fuzz failed for $t" >&2; exit 1; }
+    # afl-fuzz ends the harness with a signal, so the admin target's store on tmpfs is not removed by its Dispose.
+    rm -rf /dev/shm/tessera-fuzz-admin-* "${TMPDIR:-/tmp}"/tessera-fuzz-admin-*
     stats="$findings/default/fuzzer_stats"
     stat() { awk -F' *: *' -v k="$1" '$1==k {print $2}' "$stats"; }
     line="$t: $(stat execs_done) execs ($(stat execs_per_sec)/s), $(stat corpus_count) paths, edge coverage $(stat bitmap_cvg), $(stat saved_crashes) crashes, $(stat saved_hangs) hangs; crashes in $findings/default/crashes, hangs in $findings/default/hangs"
