@@ -203,7 +203,7 @@ public sealed class NbdClient : IAsyncDisposable
                 ushort info = BinaryPrimitives.ReadUInt16BigEndian(data);
                 if (info == NbdWire.InfoExport && data.Length == 12)
                 {
-                    SizeBytes = (long)BinaryPrimitives.ReadUInt64BigEndian(data.AsSpan(2));
+                    SizeBytes = CheckedSize(BinaryPrimitives.ReadUInt64BigEndian(data.AsSpan(2)));
                     TransmissionFlags = BinaryPrimitives.ReadUInt16BigEndian(data.AsSpan(10));
                     haveExport = true;
                 }
@@ -211,6 +211,9 @@ public sealed class NbdClient : IAsyncDisposable
                 {
                     PreferredBlockBytes = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(6));
                     MaxBlockBytes = BinaryPrimitives.ReadUInt32BigEndian(data.AsSpan(10));
+                    // Requests are split at MaxBlockBytes: 0 would split forever, a few bytes into millions of requests.
+                    if (MaxBlockBytes < MinUsableMaxBlockBytes)
+                        throw new NbdClientException($"server's maximum block size {MaxBlockBytes} is below {MinUsableMaxBlockBytes} bytes");
                 }
                 continue;
             }
@@ -220,7 +223,7 @@ public sealed class NbdClient : IAsyncDisposable
                 await SendOptionAsync(NbdWire.OptExportName, name, ct).ConfigureAwait(false);
                 int n = noZeroes ? 10 : 134;
                 if (!await _input.FillAsync(n, "export reply", ct).ConfigureAwait(false)) throw new NbdClientException($"server refused export '{exportName}'");
-                SizeBytes = (long)BinaryPrimitives.ReadUInt64BigEndian(_input.Buffered);
+                SizeBytes = CheckedSize(BinaryPrimitives.ReadUInt64BigEndian(_input.Buffered));
                 TransmissionFlags = BinaryPrimitives.ReadUInt16BigEndian(_input.Buffered[8..]);
                 _input.Consume(n);
                 return;
@@ -232,6 +235,13 @@ public sealed class NbdClient : IAsyncDisposable
     }
 
     private uint _baseAllocationId;
+
+    /// <summary>The smallest maximum block size accepted from a server: one 512-byte sector.</summary>
+    public const uint MinUsableMaxBlockBytes = 512;
+
+    /// <summary>Sizes are 64-bit unsigned on the wire; one beyond long.MaxValue would become a negative disk size.</summary>
+    private static long CheckedSize(ulong sizeBytes) =>
+        sizeBytes <= long.MaxValue ? (long)sizeBytes : throw new NbdClientException($"server reported an export size of {sizeBytes} bytes, more than 2^63-1");
 
     private async ValueTask SendOptionAsync(uint option, byte[] data, CancellationToken ct)
     {
