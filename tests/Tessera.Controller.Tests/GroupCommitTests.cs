@@ -10,7 +10,8 @@ public class GroupCommitTests
 
     // Proves write faults queued on a disk's lock are allocated in the lock holder's transaction: the first answer
     // already carries every queued segment mapped (at distinct locations), the others find theirs in the store,
-    // and every allocated segment was pushed to the faulting host before any answer.
+    // and every allocated segment, the leader's own included, was pushed Invalid to the faulting host before any
+    // answer (a holder must drop its Zero entry before anyone may write the new segment: docs/architecture.md).
     [Fact]
     public async Task Queued_first_writes_share_one_commit()
     {
@@ -42,13 +43,18 @@ public class GroupCommitTests
                 first ??= r;
                 responses[r.FaultId] = r;
             }
-            else if (m.Command?.SetEntries is { } set) pushed.Add(set.FirstSegment);
+            else if (m.Command?.SetEntries is { } set)
+            {
+                Assert.Null(first); // every push precedes every answer
+                Assert.All(set.Entries, e => Assert.Equal(MapEntry.Invalid.Raw, e));
+                pushed.Add(set.FirstSegment);
+            }
         }
         // The first answer on the stream: one at a time, it would carry only its own segment mapped.
         Assert.All(first!.Entries.Take(Faults), e => Assert.True(new MapEntry(e).HasLocation));
         var locations = first.Entries.Take(Faults).Select(e => new MapEntry(e).PhysicalIndex).ToHashSet();
         Assert.Equal(Faults, locations.Count);
-        Assert.Equal(Faults - 1, pushed.Count); // every segment but the leader's own was pushed to the faulting host
+        Assert.Equal(Faults, pushed.Count);
         foreach (var r in responses.Values)
         {
             Assert.Equal(FaultOutcome.Retry, r.Outcome);

@@ -54,9 +54,13 @@ public class InFlightGateTests
         var gate = new InFlightGate();
         long version = 0; // stands for the table: bumped before each drain
         var violations = 0;
-        using var stop = new CancellationTokenSource(TimeSpan.FromMilliseconds(500));
+        // Bounded by a count of drains, not by time: on a loaded machine a fixed window may complete none.
+        const int wantedDrains = 200;
+        const long wantedPieces = 2000;
+        using var stop = new CancellationTokenSource();
         var active = new System.Collections.Concurrent.ConcurrentDictionary<long, long>(); // piece id -> version seen
         long nextId = 0;
+        long pieces = 0;
         var workers = Enumerable.Range(0, 3).Select(_ => Task.Run(() =>
         {
             while (!stop.IsCancellationRequested)
@@ -67,18 +71,27 @@ public class InFlightGateTests
                 Thread.SpinWait(50);
                 active.TryRemove(id, out long _);
                 InFlightGate.Leave(t);
+                Interlocked.Increment(ref pieces);
             }
         })).ToArray();
         int drains = 0;
-        while (!stop.IsCancellationRequested)
+        try
         {
-            long v = Interlocked.Increment(ref version);
-            await gate.DrainAsync();
-            foreach (var seen in active.Values) if (seen < v) Interlocked.Increment(ref violations);
-            drains++;
+            while (drains < wantedDrains || Interlocked.Read(ref pieces) < wantedPieces) // both sides must have run
+            {
+                long v = Interlocked.Increment(ref version);
+                await gate.DrainAsync().WaitAsync(TimeSpan.FromSeconds(30)); // a drain that never ends is a bug too
+                foreach (var seen in active.Values) if (seen < v) Interlocked.Increment(ref violations);
+                drains++;
+                if (Interlocked.Read(ref pieces) < wantedPieces) await Task.Yield(); // let the workers get a core
+            }
         }
-        await Task.WhenAll(workers);
+        finally
+        {
+            stop.Cancel();
+            await Task.WhenAll(workers);
+        }
         Assert.Equal(0, violations);
-        Assert.True(drains > 0);
+        Assert.True(drains >= wantedDrains);
     }
 }
