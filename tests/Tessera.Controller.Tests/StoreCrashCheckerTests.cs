@@ -65,33 +65,32 @@ public sealed class StoreCrashCheckerTests
     }
 
     [Fact]
-    public async Task A_partly_overlapping_location_is_reported()
-    {
-        await using var f = await SetUpAsync();
-        var (image, dump) = Corrupt(f, "overlap", """
+    public async Task A_partly_overlapping_location_is_reported() =>
+        await AssertReportedAndRefusedAsync("overlap", """
             INSERT INTO segments(disk_id, segment, container_id, physical_index, states)
             SELECT (SELECT id FROM disks WHERE name='d2'), 2, container_id, physical_index + 4, 0
             FROM segments WHERE disk_id=(SELECT id FROM disks WHERE name='d1') AND segment=0;
-            """);
-        string directory = Path.Combine(f.Cluster.Directory, "overlap-open");
-        image.WriteTo(directory);
-        using (var store = ControllerStore.Open(directory))
-            Assert.Contains(StoreInvariants.Check(store, f.LineageOf, pool: null), p => p.Contains("overlap the location at", StringComparison.Ordinal));
-        // The controller's allocator rebuild refuses units mapped twice, which the sweep reports too.
-        Assert.Contains(await CheckAsync(f, image, dump, "overlap"), p => p.Contains("the store does not open", StringComparison.Ordinal));
-    }
+            """, "overlap the location at");
 
     [Fact]
-    public async Task A_location_outside_its_container_is_reported()
+    public async Task A_location_outside_its_container_is_reported() =>
+        await AssertReportedAndRefusedAsync("outside",
+            "INSERT INTO segments(disk_id, segment, container_id, physical_index, states) SELECT id, 5, 1, 1000000, 0 FROM disks WHERE name='d1'",
+            "outside container");
+
+    /// <summary>
+    /// The invariant check names the corruption, and the controller itself refuses such a store (its allocator
+    /// rebuild fails), which the sweep reports too.
+    /// </summary>
+    private static async Task AssertReportedAndRefusedAsync(string name, string corruptingSql, string expectedProblem)
     {
         await using var f = await SetUpAsync();
-        var (image, dump) = Corrupt(f, "outside", "INSERT INTO segments(disk_id, segment, container_id, physical_index, states) SELECT id, 5, 1, 1000000, 0 FROM disks WHERE name='d1'");
-        string directory = Path.Combine(f.Cluster.Directory, "outside-open");
+        var (image, dump) = Corrupt(f, name, corruptingSql);
+        string directory = Path.Combine(f.Cluster.Directory, name + "-open");
         image.WriteTo(directory);
         using (var store = ControllerStore.Open(directory))
-            Assert.Contains(StoreInvariants.Check(store, f.LineageOf, pool: null), p => p.Contains("outside container", StringComparison.Ordinal));
-        // The controller itself refuses such a store (its allocator rebuild fails), which the sweep reports too.
-        Assert.Contains(await CheckAsync(f, image, dump, "outside"), p => p.Contains("the store does not open", StringComparison.Ordinal));
+            Assert.Contains(StoreInvariants.Check(store, f.LineageOf, pool: null), p => p.Contains(expectedProblem, StringComparison.Ordinal));
+        Assert.Contains(await CheckAsync(f, image, dump, name), p => p.Contains("the store does not open", StringComparison.Ordinal));
     }
 
     [Fact]
