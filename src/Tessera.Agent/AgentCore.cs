@@ -320,7 +320,7 @@ public sealed partial class AgentCore : IFaultSink
                         var set = command.SetEntries;
                         ulong count = set.Count == 0 ? (ulong)set.Entries.Count : set.Count;
                         CheckRange(volume, set.FirstSegment, count);
-                        if (set.Entries.Count == 1) volume.Table.SetRange((long)set.FirstSegment, (long)count, _ => new MapEntry(set.Entries[0]));
+                        if (set.Entries.Count == 1) volume.Table.Fill((long)set.FirstSegment, (long)count, new MapEntry(set.Entries[0]));
                         else if ((ulong)set.Entries.Count == count) volume.Table.SetRange((long)set.FirstSegment, (long)count, i => new MapEntry(set.Entries[(int)i]));
                         else throw new CommandException($"set entries: {set.Entries.Count} entries for a range of {count}");
                         break;

@@ -37,7 +37,7 @@ public class MappingTableTests
     [Fact]
     public void Operations_agree_with_a_model()
     {
-        var ops = Gen.Int[0, 4].Select(Gen.Long[0, 20_000], Gen.Long[0, 300], Gen.Int[0, 15], Gen.Int[0, 15]).Array[1, 40];
+        var ops = Gen.Int[0, 5].Select(Gen.Long[0, 20_000], Gen.Long[0, 300], Gen.Int[0, 15], Gen.Int[0, 15]).Array[1, 40];
         ops.Sample(list =>
         {
             long size = 20_000;
@@ -68,12 +68,22 @@ public class MappingTableTests
                         foreach (var k in model.Keys.Where(k => k >= newSize).ToList()) model.Remove(k);
                         size = newSize;
                         break;
-                    default:
+                    case 4:
                         if (c > 0) { table.Set(f, MapEntry.Zero); model[f] = MapEntry.Zero; }
                         break;
+                    default:
+                        {
+                            // Fill: ranges up to ~9,000 entries, so whole chunks (4,096) are covered, Invalid included.
+                            long fc = Math.Min(count * 30, size - f);
+                            var value = (a % 3) switch { 0 => MapEntry.Invalid, 1 => MapEntry.Zero, _ => MapEntry.Mapped((ushort)b, a) };
+                            table.Fill(f, fc, value);
+                            for (long i = 0; i < fc; i++) model[f + i] = value;
+                            break;
+                        }
                 }
             }
             for (long s = 0; s < size; s += 37) if (ModelGet(s) != table.Get(s)) return false;
+            if (ModelGet(size - 1) != table.Get(size - 1)) return false;
             return table.SegmentCount == size;
         }, iter: 300);
     }

@@ -74,6 +74,29 @@ public sealed class MappingTable
         }
     }
 
+    /// <summary>
+    /// Sets <paramref name="count"/> entries to one value, a chunk at a time (a 1 Mi-entry range command is 256
+    /// span fills, not a million calls). Invalid over a whole chunk drops the chunk instead: the table reads it as
+    /// Invalid and the memory is returned. Each 8-byte store is atomic, so a concurrent reader sees the old or the
+    /// new entry, never a mix, exactly as with <see cref="Set"/>.
+    /// </summary>
+    public void Fill(long first, long count, MapEntry entry)
+    {
+        CheckRange(first, count);
+        ulong stored = entry.Raw ^ StoredXor;
+        long end = first + count;
+        for (long s = first; s < end;)
+        {
+            int offset = (int)(s & ChunkMask);
+            int length = (int)Math.Min(ChunkEntries - offset, end - s);
+            if (length == ChunkEntries && entry.Raw == MapEntry.Invalid.Raw)
+                Volatile.Write(ref _chunks[s >> ChunkShift], null);
+            else
+                ChunkFor(s).AsSpan(offset, length).Fill(stored);
+            s += length;
+        }
+    }
+
     public void SetRange(long first, ReadOnlySpan<MapEntry> entries)
     {
         CheckRange(first, entries.Length);
