@@ -215,6 +215,10 @@ public sealed partial class AgentCore : IFaultSink
         }
         catch (OperationCanceledException)
         {
+            // A zeroing fault given up must not go out again on the next registration: its caller is told the
+            // WRITE_ZEROES/TRIM failed and may write the range afterwards, and a late resend would zero those
+            // acknowledged writes. (A map fault changes no data, so resending it is harmless, and others may share it.)
+            if (!pending.Coalesced) _faultsById.TryRemove(pending.Message.FaultId, out _);
             if (volume.IsClosed) return FaultResult.Fail(IoStatus.Shutdown);
             if (timeout.IsCancellationRequested)
             {

@@ -43,6 +43,17 @@ public partial class SimulationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Regression_a_zeroing_whose_requester_crashed_may_still_land()
+    {
+        // Seed 3000517 with 3000 steps: h3 crashed during a WRITE_ZEROES of whole segments; the controller had
+        // committed Zero and was waiting out a partitioned holder's lease, which meanwhile wrote (acknowledged) to the
+        // old place. Legal (the zeroing was still pending), but the model ended the op at the crash and flagged zeros.
+        var (exit, stdout) = await RunAsync("--seed 3000517 --steps 3000");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Equal(0, exit);
+    }
+
+    [Fact]
     public async Task A_seed_replays_bit_for_bit()
     {
         var first = await RunAsync("--seed 11 --steps 1500");

@@ -19,6 +19,7 @@ public sealed class DiskModel
     private readonly HashSet<long>[] _durable;
     private readonly List<ReadRec> _activeReads = new();
     private readonly Dictionary<long, WriteRec> _inflight = new();
+    private readonly Dictionary<WriteRec, long> _lingering = new();
     private readonly Checker _checker;
 
     public DiskModel(Checker checker, ulong diskId, string name, long sizeBytes)
@@ -80,6 +81,22 @@ public sealed class DiskModel
             }
             set.Add(w.Id);
             _durable[s].Add(w.Id);
+        }
+    }
+
+    /// <summary>
+    /// A failed or abandoned zeroing that the controller may still carry out until <paramref name="untilNs"/>: it
+    /// stays in flight (any read may see it, no later write supersedes it) until then, and ends as failed.
+    /// </summary>
+    public void Linger(WriteRec w, long untilNs) => _lingering[w] = untilNs;
+
+    public void ExpireLingering(long nowNs)
+    {
+        if (_lingering.Count == 0) return;
+        foreach (var (w, until) in _lingering.Where(kv => kv.Value <= nowNs).OrderBy(kv => kv.Key.Id).ToList())
+        {
+            _lingering.Remove(w);
+            EndWrite(w, ok: false);
         }
     }
 

@@ -82,11 +82,13 @@ public sealed partial class Simulation
             var first = _driverQueue.Min;
             _driverQueue.Remove(first);
             Clock.AdvanceTo(first.DueNs);
+            ExpireLingering();
             _driverActions.Remove(first.Seq, out var action);
             action!();
             return true;
         }
         var timer = Clock.TakeNext();
+        ExpireLingering();
         if (timer is null) return true;
         _checker.Trace.Add(Clock.NowNs);
         PoolDriver.Run(timer.Fire);
@@ -157,9 +159,37 @@ public sealed partial class Simulation
     private void AbandonOp(PendingOp op)
     {
         op.Done = true;
-        if (op.Write is { } w) op.Disk!.EndWrite(w, ok: false);
+        if (op.Write is { } w) EndFailedWrite(op.Disk!, w);
         if (op.Read is { } r) op.Disk!.EndRead(r, default, ok: false, "");
     }
+
+    /// <summary>
+    /// A write that failed or whose process died may have landed. Data the agent wrote itself can land no later
+    /// than now (the process, and with it its container handles, is gone or gave up). A WRITE_ZEROES or TRIM of
+    /// whole segments, though, is carried out by the controller: once its zero fault was accepted the controller
+    /// commits Zero, then waits for every holder to acknowledge or lapse its lease before the change is complete,
+    /// and none of that depends on the requester still listening. A holder that has not heard of it yet (its stream
+    /// is partitioned) keeps writing to the old place under its valid lease, and those writes are acknowledged and
+    /// then discarded with the old place. So such an op stays in flight for as long as the controller may still be
+    /// carrying it out: its push waits at most one lease for each holder plus, in a controller's first lease, the
+    /// unregistered-holder grace, i.e. two leases (skew margin added); a controller crash ends it sooner, but
+    /// keeping it open a little longer only widens what a read may return.
+    /// </summary>
+    private void EndFailedWrite(DiskModel disk, WriteRec w)
+    {
+        if (w.Kind is WriteKind.Zeroes or WriteKind.Trim)
+            disk.Linger(w, Clock.NowNs + ControllerZeroingBoundMs * 1_000_000);
+        else
+            disk.EndWrite(w, ok: false);
+    }
+
+    /// <summary>Ends lingering zeroings whose bound passed. Checked whenever time moves, with no step of its own, so the schedule a seed makes is unchanged.</summary>
+    private void ExpireLingering()
+    {
+        foreach (var d in _disks) d.ExpireLingering(Clock.NowNs);
+    }
+
+    private const long ControllerZeroingBoundMs = 2 * LeaseMs + LeaseMs / 5;
 
     private void CrashController(bool injected = true)
     {
@@ -262,7 +292,8 @@ public sealed partial class Simulation
         op.Done = true;
         Outcome(kind.ToString(), status);
         TraceLine($"{w} -> {status}");
-        disk.EndWrite(w, status == IoStatus.Ok);
+        if (status == IoStatus.Ok) disk.EndWrite(w, ok: true);
+        else EndFailedWrite(disk, w);
         if (status == IoStatus.Ok && kind == WriteKind.Fua) disk.FlushCompleted(owner, w.EndSeq, first, count);
     }
 
