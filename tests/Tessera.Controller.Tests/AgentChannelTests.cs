@@ -261,10 +261,11 @@ public class AgentChannelTests
     }
 
     [Fact]
-    public async Task Releasing_a_segment_pushes_a_blocking_Zero_to_every_holder_before_freeing_its_space()
+    public async Task Releasing_a_segment_pushes_a_blocking_Invalid_to_every_holder_before_freeing_its_space()
     {
-        // Proves the TRIM seam: the store returns to Zero, every holder (the writer too) gets a blocking Zero,
-        // and the space is free only after they acknowledged.
+        // Proves the TRIM seam: the store returns to Zero, every holder (the writer too) gets a blocking Invalid
+        // (Zero would let one holder act on it while another still used the old place), and the space is free only
+        // after they acknowledged.
         await using var c = await TestCluster.StartAsync();
         await c.AddGarbageContainerAsync("c1", 4 * MiB);
         var disk = await c.CreatePresentedDiskAsync("d", 8 * MiB, "a", "b");
@@ -281,7 +282,7 @@ public class AgentChannelTests
         foreach (var z in new[] { zeroA, zeroB })
         {
             Assert.True(z.Blocking);
-            Assert.Equal((0ul, 4ul, MapEntry.Zero.Raw), (z.SetEntries.FirstSegment, z.SetEntries.Count, z.SetEntries.Entries.Single()));
+            Assert.Equal((0ul, 4ul, MapEntry.Invalid.Raw), (z.SetEntries.FirstSegment, z.SetEntries.Count, z.SetEntries.Entries.Single()));
         }
         var usedBefore = (await c.Admin.ListContainersAsync(new ListContainersRequest())).Containers.Single().UsedBytes;
         Assert.Equal((ulong)MiB, usedBefore); // B has not acknowledged: the space is still taken
@@ -375,7 +376,7 @@ public class AgentChannelTests
     [Fact]
     public async Task A_zeroing_fault_returns_whole_segments_to_Zero_and_frees_their_space()
     {
-        // Proves WRITE_ZEROES/TRIM of whole segments becomes a table change: Zero everywhere (blocking), space freed.
+        // Proves WRITE_ZEROES/TRIM of whole segments becomes a table change: Zero in the store, Invalid pushed blocking, space freed.
         await using var c = await TestCluster.StartAsync();
         await c.AddGarbageContainerAsync("c1", 8 * MiB);
         var disk = await c.CreatePresentedDiskAsync("d", 8 * MiB, "h1");
@@ -386,6 +387,7 @@ public class AgentChannelTests
         await agent.SendAsync(new AgentMessage { Fault = new MapFault { FaultId = 1000, DiskId = disk.Id, Segment = 2, Write = true, Zero = true, Count = 2 } });
         var zero = (await agent.NextAsync(m => m.Command?.SetEntries is not null)).Command;
         Assert.True(zero.Blocking);
+        Assert.Equal(MapEntry.Invalid.Raw, zero.SetEntries.Entries.Single()); // the holders load Zero on their next fault
         var r = (await agent.NextAsync(m => m.FaultResponse?.FaultId == 1000)).FaultResponse;
         Assert.Equal(FaultOutcome.Retry, r.Outcome);
         Assert.Equal(MapEntry.Zero.Raw, r.Entries[2]);

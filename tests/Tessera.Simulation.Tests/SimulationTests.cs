@@ -53,6 +53,19 @@ public partial class SimulationTests(ITestOutputHelper output)
         Assert.Equal(0, exit);
     }
 
+    [Theory]
+    [InlineData(4001285)]
+    [InlineData(4002950)]
+    public async Task Regression_no_holder_acts_on_a_released_segment_before_every_holder_dropped_the_old_place(int seed)
+    {
+        // A whole-segment WRITE_ZEROES pushed Zero: the requester, having applied it, answered a second WRITE_ZEROES
+        // from its own table while a stalled holder still read and wrote the old place. The release now pushes
+        // Invalid. Both seeds report a violation with the Zero push.
+        var (exit, stdout) = await RunAsync($"--seed {seed} --steps 3000");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Equal(0, exit);
+    }
+
     [Fact]
     public async Task A_seed_replays_bit_for_bit()
     {

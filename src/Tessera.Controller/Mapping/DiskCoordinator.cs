@@ -173,7 +173,7 @@ public sealed partial class DiskCoordinator
             if (fault.Count == 0 || fault.Count > (ulong)(disk.SegmentCount - segment))
                 return Fail(fault, IoStatus.InvalidArgument, $"zeroing range of {fault.Count} segments from {segment} is outside the disk");
             await ReleaseLockedAsync(disk, segment, (long)fault.Count).ConfigureAwait(false);
-            // The requester got the Zero entries through the blocking push; answer with them too, for good measure.
+            // Every holder, the requester included, got Invalid through the blocking push; the answer carries Zero.
             return Retry(fault, disk, segment, false);
         }
         var entry = _store.GetEntry(disk.Id, segment);
@@ -333,7 +333,7 @@ public sealed partial class DiskCoordinator
 
     /// <summary>
     /// Seam for WRITE_ZEROES/TRIM of whole segments: returns them to Zero and frees their space. Persist first,
-    /// then push Zero with the blocking flag to every holder (their in-flight I/O to the old place drains), and
+    /// then push Invalid with the blocking flag to every holder (they load Zero on their next fault) (their in-flight I/O to the old place drains), and
     /// only then free the units, so no unit is handed out again while any agent may still use it.
     /// </summary>
     public async Task ReleaseSegmentsAsync(ulong diskId, long first, long count)
@@ -351,7 +351,11 @@ public sealed partial class DiskCoordinator
         if (rows.Count == 0) return;
         // Only locations no snapshot or clone still names are freed (reference counting in the store).
         var unreferenced = _store.SetEntriesReleasing(diskId, rows.Select(r => (r.Segment, MapEntry.Zero)).ToList());
-        await PushAsync(diskId, first, count, MapEntry.Zero, blocking: true, except: null).ConfigureAwait(false);
+        // Invalid, not Zero, for the same reason as in AllocateAsync: a holder that applied Zero could act on it (a
+        // second WRITE_ZEROES answered from its own table, a read of zeros) while another holder still used the old
+        // place, whose writes then vanish. Invalid makes every holder fault, and that fault waits for this disk's
+        // lock, i.e. until every holder dropped the old entry (found by the deterministic simulation, seed 4001285).
+        await PushAsync(diskId, first, count, MapEntry.Invalid, blocking: true, except: null).ConfigureAwait(false);
         Free(unreferenced, disk.UnitsPerSegment);
     }
 
