@@ -111,7 +111,7 @@ public class HighWaterTests
                 Assert.Equal(0, store.GetHighWater(created));
                 Assert.Equal(8 * UnitsPerMi, store.GetHighWater(existing));
                 var disk = store.CreateDisk("d", 4L * Mi, Mi, "now")!;
-                store.SetEntryAdvancingHighWater(disk.Id, 0, MapEntry.Mapped(created, UnitsPerMi), 2 * UnitsPerMi);
+                store.SetEntriesAdvancingHighWater(disk.Id, [(0, MapEntry.Mapped(created, UnitsPerMi))], UnitsPerMi); // units 1..2 Mi
                 store.AdvanceHighWater(created, UnitsPerMi); // lower: no change
             }
             using (var store = ControllerStore.Open(dir))

@@ -73,25 +73,6 @@ public sealed partial class ControllerStore
     /// <summary>Marks a whole container as possibly used (after a repair: what happened to it meanwhile is unknown).</summary>
     public void ForgetNeverUsed(ushort containerId, long totalUnits) => AdvanceHighWater(containerId, totalUnits);
 
-    /// <summary>
-    /// A thin allocation's commit: the mapping of one segment and the mark advance, in one transaction, so the mark
-    /// is durable no later than the first write any agent can make through the mapping.
-    /// </summary>
-    public void SetEntryAdvancingHighWater(ulong diskId, long segment, MapEntry entry, long endUnit)
-    {
-        lock (_lock)
-        {
-            LoadHighWater();
-            using var tx = _db.BeginTransaction();
-            Exec(_db, tx, "INSERT OR REPLACE INTO segments(disk_id, segment, container_id, physical_index, states) VALUES ($d, $s, $c, $p, $f)",
-                ("$d", (long)diskId), ("$s", segment), ("$c", (long)entry.ContainerId), ("$p", entry.PhysicalIndex), ("$f", (long)entry.States));
-            bool advance = !_highWater.TryGetValue(entry.ContainerId, out long mark) || mark < endUnit;
-            if (advance) Exec(_db, tx, UpsertHighWaterSql, ("$c", (long)entry.ContainerId), ("$m", endUnit));
-            tx.Commit();
-            if (advance) _highWater[entry.ContainerId] = Math.Max(mark, endUnit);
-        }
-    }
-
     private const string UpsertHighWaterSql = """
         INSERT INTO container_high_water(container_id, high_water_unit) VALUES ($c, $m)
         ON CONFLICT(container_id) DO UPDATE SET high_water_unit = max(high_water_unit, excluded.high_water_unit)
@@ -123,13 +104,11 @@ public sealed partial class ControllerStore
         while (r.Read()) _highWater[(ushort)r.GetInt64(0)] = r.GetInt64(1);
         _highWaterLoaded = true;
     }
-}
 
-public sealed partial class ControllerStore
-{
     /// <summary>
-    /// Several thin allocations of one disk in one transaction (group commit): each mapping with its container's
-    /// mark advance, so one fsync covers a burst of first writes.
+    /// Thin allocations of one disk in one transaction (one, or a group commit): each mapping with its container's
+    /// mark advance, so the mark is durable no later than the first write any agent can make through the mapping,
+    /// and one fsync covers a burst of first writes.
     /// </summary>
     public void SetEntriesAdvancingHighWater(ulong diskId, IReadOnlyList<(long Segment, MapEntry Entry)> entries, int unitsPerSegment)
     {
