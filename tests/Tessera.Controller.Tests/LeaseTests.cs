@@ -34,7 +34,7 @@ public class LeaseTests
         await Task.Delay(50);
         Assert.False(wait.IsCompleted, "proceeded before the agent's lease surely lapsed");
         time.Advance(TimeSpan.FromSeconds(1)); // t=24
-        Assert.Equal(AckOutcome.Fenced, await wait.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(AckOutcome.Fenced, await CompletedOnFakeTimeAsync(time, wait));
     }
 
     [Fact]
@@ -55,6 +55,21 @@ public class LeaseTests
         Assert.True(SpinWait.SpinUntil(() => session.IsClosed, TimeSpan.FromSeconds(5)));
         Assert.False(wait2.IsCompleted); // waits for the lease bound (registration at t=0 + 10 s)
         time.Advance(Lease);
-        Assert.Equal(AckOutcome.Fenced, await wait2.WaitAsync(TimeSpan.FromSeconds(5)));
+        Assert.Equal(AckOutcome.Fenced, await CompletedOnFakeTimeAsync(time, wait2));
+    }
+
+    /// <summary>
+    /// The waiter registers its fake-time delay on another thread; an Advance that lands between its reading of the
+    /// remaining lease and that registration pushes the delay's deadline later. Nudge time until it completes.
+    /// </summary>
+    private static async Task<AckOutcome> CompletedOnFakeTimeAsync(FakeTimeProvider time, Task<AckOutcome> wait)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(10);
+        while (!wait.IsCompleted && DateTime.UtcNow < deadline)
+        {
+            await Task.WhenAny(wait, Task.Delay(20));
+            if (!wait.IsCompleted) time.Advance(TimeSpan.FromMilliseconds(100));
+        }
+        return await wait.WaitAsync(TimeSpan.FromSeconds(1));
     }
 }
