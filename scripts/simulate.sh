@@ -19,6 +19,10 @@ while [[ $# -gt 0 ]]; do
     esac
 done
 export DOTNET_CLI_TELEMETRY_OPTOUT=1 DOTNET_NOLOGO=1
+# Each seed keeps its controller's SQLite store in a temp directory; on tmpfs its fsyncs cost nothing, which made
+# the simulator about 1.35x faster (170 vs 127 seeds a minute, same seeds, side by side). The simulated containers
+# are in memory either way, and SQLite's durability is what the store crash-point tests check, not this.
+if [[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]]; then export TMPDIR=/dev/shm; fi
 dotnet build "$root/tests/Tessera.Simulation/Tessera.Simulation.csproj" -c Release -v quiet -nologo >/dev/null
 cd "$root"
 DOTNET_PROCESSOR_COUNT=1 exec dotnet tests/Tessera.Simulation/bin/Release/net10.0/Tessera.Simulation.dll \
