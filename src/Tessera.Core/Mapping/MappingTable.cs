@@ -108,11 +108,18 @@ public sealed class MappingTable
     }
 
     /// <summary>
-    /// Sets and clears state flags on a range, each entry with a compare-and-swap so a concurrent whole-entry
-    /// replacement is never half overwritten. Invalid entries are left alone (Invalid already forbids everything
-    /// and voids the rest of the entry), so no memory is allocated for never-loaded chunks.
-    /// Only NoWrite can be cleared: once Invalid, Zero or Error is set the location is void, and the patent lets
-    /// the controller lift them only by replacing the whole entry.
+    /// Sets and clears state flags on a range, one pass per 4096-entry chunk. Invalid entries are left alone
+    /// (Invalid already forbids everything and voids the rest of the entry), and never-loaded chunks are skipped,
+    /// so no memory is allocated for them. Only NoWrite can be cleared: once Invalid, Zero or Error is set the
+    /// location is void, and the patent lets the controller lift them only by replacing the whole entry.
+    /// <para>
+    /// Each entry is read and rewritten with plain 8-byte loads and stores (no compare-and-swap: that cost 12 ms
+    /// per 1 Mi entries). That is safe under the table's writer rule: every entry writer (Set, SetRange, Fill,
+    /// ChangeStates, Resize) is called by one thread at a time, the agent's controller reader, so no whole-entry
+    /// write can land between this method's load and store. The only other mutation, <see cref="InvalidateAll"/>
+    /// (lease lapse), swaps chunk references, not entries: a pass that still holds a dropped chunk writes into
+    /// memory no reader can reach any more. Readers see the old or the new entry, never a mix, as with Set.
+    /// </para>
     /// </summary>
     public void ChangeStates(long first, long count, EntryStates set, EntryStates clear)
     {
@@ -120,24 +127,25 @@ public sealed class MappingTable
             throw new ArgumentException($"only NoWrite can be cleared; {clear & ~EntryStates.NoWrite} requires replacing the entry", nameof(clear));
         CheckRange(first, count);
         var chunks = _chunks;
-        for (long i = 0; i < count; i++)
+        long end = first + count;
+        for (long s = first; s < end;)
         {
-            long s = first + i;
+            int offset = (int)(s & ChunkMask);
+            int length = (int)Math.Min(ChunkEntries - offset, end - s);
             var chunk = Volatile.Read(ref chunks[s >> ChunkShift]);
-            if (chunk is null)
-            {
-                // Skip to the next chunk: every entry in this one is Invalid.
-                i += ChunkEntries - 1 - (s & ChunkMask);
-                continue;
-            }
-            ref ulong slot = ref chunk[s & ChunkMask];
-            while (true)
-            {
-                ulong stored = Volatile.Read(ref slot);
-                if (((stored ^ StoredXor) & (ulong)EntryStates.Invalid) != 0) break;
-                ulong updated = new MapEntry(stored ^ StoredXor).WithStates(set, clear).Raw ^ StoredXor;
-                if (Interlocked.CompareExchange(ref slot, updated, stored) == stored) break;
-            }
+            if (chunk != null) ChangeStatesInChunk(chunk.AsSpan(offset, length), (ulong)set & 0xF, (ulong)clear);
+            s += length;
+        }
+    }
+
+    private static void ChangeStatesInChunk(Span<ulong> stored, ulong set, ulong clear)
+    {
+        for (int i = 0; i < stored.Length; i++)
+        {
+            ulong raw = stored[i] ^ StoredXor;
+            if ((raw & (ulong)EntryStates.Invalid) != 0) continue;
+            ulong updated = (raw & ~clear) | set; // MapEntry.WithStates: set and clear touch only the state bits
+            if (updated != raw) Volatile.Write(ref stored[i], updated ^ StoredXor);
         }
     }
 
