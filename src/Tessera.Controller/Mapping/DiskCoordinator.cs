@@ -160,8 +160,10 @@ public sealed partial class DiskCoordinator
 
     private async Task<FaultResponse> DecideAsync(AgentSession session, MapFault fault)
     {
-        var disk = _store.GetDisk(fault.DiskId);
-        var presentation = disk is null ? null : _store.ListPresentations(disk.Id, session.Host).FirstOrDefault();
+        // From memory, not SQLite: both change only under this disk's lock (ControllerStore.DiskCache.cs).
+        var cached = _store.GetCachedDisk(fault.DiskId);
+        var disk = cached?.Disk;
+        var presentation = cached?.PresentationFor(session.Host);
         if (disk is null || presentation is null || session.IsClosed)
             return Fail(fault, IoStatus.Shutdown, "disk is not presented to this host");
         if (fault.Segment >= (ulong)disk.SegmentCount)
@@ -176,8 +178,8 @@ public sealed partial class DiskCoordinator
             // Every holder, the requester included, got Invalid through the blocking push; the answer carries Zero.
             return Retry(fault, disk, segment, false);
         }
-        var entry = _store.GetEntry(disk.Id, segment);
         if (!fault.Write) return Retry(fault, disk, segment, presentation.ReadOnly);
+        var entry = _store.GetEntry(disk.Id, segment);
         if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
 
         var states = entry.States;

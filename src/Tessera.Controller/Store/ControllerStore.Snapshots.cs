@@ -90,6 +90,7 @@ public sealed partial class ControllerStore
     {
         lock (_lock)
         {
+            ForgetAllCachedDisks();
             using var tx = _db.BeginTransaction();
             var gone = new List<(long Id, string Name)>();
             using (var cmd = Cmd(tx, "SELECT d.id, d.name FROM snapshots s JOIN disks d ON d.id = s.disk_id WHERE s.ready = 0"))
@@ -142,6 +143,7 @@ public sealed partial class ControllerStore
     {
         lock (_lock)
         {
+            ForgetCachedDisk(diskId);
             using var tx = _db.BeginTransaction();
             var rows = ReadSegments(tx, diskId, 0, long.MaxValue);
             Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d", ("$d", (long)diskId));
@@ -223,6 +225,7 @@ public sealed partial class ControllerStore
     {
         lock (_lock)
         {
+            ForgetCachedDisk(diskId);
             using var tx = _db.BeginTransaction();
             var tail = ReadSegments(tx, diskId, segmentCount, long.MaxValue - segmentCount);
             Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d AND segment >= $n", ("$d", (long)diskId), ("$n", segmentCount));

@@ -300,6 +300,7 @@ public sealed partial class ControllerStore : IDisposable
     {
         lock (_lock)
         {
+            ForgetCachedDisk(diskId);
             using var tx = _db.BeginTransaction();
             if (Scalar(_db, tx, "SELECT count(*) FROM presentations WHERE disk_id=$d AND host=$h", ("$d", (long)diskId), ("$h", host)) is not 0L) return false;
             Exec(_db, tx, "INSERT INTO presentations(disk_id, host, read_only) VALUES ($d, $h, $r)", ("$d", (long)diskId), ("$h", host), ("$r", readOnly ? 1L : 0L));
@@ -311,7 +312,10 @@ public sealed partial class ControllerStore : IDisposable
     public bool RemovePresentation(ulong diskId, string host)
     {
         lock (_lock)
+        {
+            ForgetCachedDisk(diskId);
             return Exec(_db, null, "DELETE FROM presentations WHERE disk_id=$d AND host=$h", ("$d", (long)diskId), ("$h", host)) > 0;
+        }
     }
 
     // ---- agents
