@@ -432,7 +432,7 @@ public sealed partial class DiskCoordinator
         long count = Math.Min(ResponseWindowSegments, disk.SegmentCount - first);
         var entries = new ulong[count];
         Array.Fill(entries, MapEntry.Zero.Raw);
-        foreach (var row in _store.GetSegments(disk.Id, first, count))
+        foreach (var row in _store.GetWindow(disk.Id, first, count))
             entries[row.Segment - first] = (readOnly ? ReadOnlyView(row.Entry) : row.Entry).Raw;
         var response = new FaultResponse { FaultId = fault.FaultId, Outcome = FaultOutcome.Retry, FirstSegment = (ulong)first };
         response.Entries.Add(entries);
