@@ -88,6 +88,9 @@ public static class ControlPath
         // Warm-up (JIT, gRPC connection, SQLite caches): the last windows of the disk, excluded from the figures.
         for (int i = 0; i < 50; i++) await volume.ReadAsync((windows - 1 - i) * Window * (long)SegmentBytes, buffer, null, default);
         var readFaults = new List<double>(faults);
+        // CPU time of the whole process (controller and agent) per fault: unlike latency, barely moved by other load.
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        int faultsDone = 0;
         for (int i = 0; i < Math.Min(faults, windows - 100); i++)
         {
             long offset = (long)i * Window * SegmentBytes + 17L * SegmentBytes;
@@ -97,8 +100,10 @@ public static class ControlPath
             double us = Stopwatch.GetElapsedTime(t0).TotalMicroseconds;
             if (status != IoStatus.Ok) throw new InvalidOperationException($"read fault failed: {status}");
             if (agent.Core.Counters.FaultsSent == sent + 1) readFaults.Add(us);
+            faultsDone++;
         }
         Report("map fault, read of a never-loaded segment (agent → controller → agent)", readFaults);
+        ReportCpu("read fault", cpuBefore, faultsDone, "µs");
 
         var allocFaults = new List<double>(writeFaults);
         for (int i = 0; i < writeFaults; i++)
@@ -120,19 +125,25 @@ public static class ControlPath
         var commandVolume = await VolumeAsync(agent, "command");
         var setTimes = new List<double>();
         var changeTimes = new List<double>();
+        var setCpu = TimeSpan.Zero;
+        var changeCpu = TimeSpan.Zero;
         for (int i = 0; i < commands; i++)
         {
             // Zero over the whole thin disk: what the store already says, so the agent stays consistent.
             var set = new Command { Blocking = true, DiskId = commandDisk.Id, SetEntries = new SetEntries { FirstSegment = 0, Count = (ulong)segments } };
             set.SetEntries.Entries.Add(MapEntry.Zero.Raw);
+            var cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             setTimes.Add(await TimeCommandAsync(session, set, core.Stopping));
+            setCpu += Process.GetCurrentProcess().TotalProcessorTime - cpu0;
             var change = new Command
             {
                 Blocking = true,
                 DiskId = commandDisk.Id,
                 ChangeStates = new ChangeStates { FirstSegment = 0, Count = (ulong)segments, Set = (uint)EntryStates.NoWrite },
             };
+            cpu0 = Process.GetCurrentProcess().TotalProcessorTime;
             changeTimes.Add(await TimeCommandAsync(session, change, core.Stopping));
+            changeCpu += Process.GetCurrentProcess().TotalProcessorTime - cpu0;
             if (commandVolume.Table.Get(segments - 1).States != (EntryStates.Zero | EntryStates.NoWrite))
                 throw new InvalidOperationException("ChangeStates did not reach the agent's table");
             var clear = new Command
@@ -145,6 +156,7 @@ public static class ControlPath
         }
         Report($"blocking SetEntries over {segments} entries, controller → agent → reply", setTimes, "ms");
         Report($"blocking ChangeStates over {segments} loaded entries, controller → agent → reply", changeTimes, "ms");
+        Console.WriteLine($"  (process CPU per command: SetEntries {setCpu.TotalMilliseconds / commands:F1} ms, ChangeStates {changeCpu.TotalMilliseconds / commands:F1} ms)");
 
         // ---- 3. agent restart on a disk with every segment allocated
         await agent.StopAsync();
@@ -247,6 +259,12 @@ public static class ControlPath
                 await Task.Delay(1);
             }
         }
+    }
+
+    private static void ReportCpu(string what, TimeSpan cpuBefore, int count, string unit)
+    {
+        double cpu = (Process.GetCurrentProcess().TotalProcessorTime - cpuBefore).TotalMicroseconds / Math.Max(1, count);
+        Console.WriteLine($"  (process CPU per {what}, controller and agent together: {cpu:F1} {unit})");
     }
 
     private static void Report(string what, List<double> samples, string unit = "µs")
