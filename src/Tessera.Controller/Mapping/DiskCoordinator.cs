@@ -160,7 +160,7 @@ public sealed partial class DiskCoordinator
 
     private async Task<FaultResponse> DecideAsync(AgentSession session, MapFault fault)
     {
-        // From memory, not SQLite: both change only under this disk's lock (ControllerStore.DiskCache.cs).
+        // From memory, not SQLite; kept equal to the committed store (ControllerStore.DiskCache.cs).
         var cached = _store.GetCachedDisk(fault.DiskId);
         var disk = cached?.Disk;
         var presentation = cached?.PresentationFor(session.Host);
