@@ -62,27 +62,4 @@ public class MappingTableChangeStatesTests
         t.ChangeStates(0, Chunk + 2, (EntryStates)0xF2, EntryStates.None);
         Assert.Equal(e.WithStates(EntryStates.NoWrite, EntryStates.None), t.Get(Chunk));
     }
-
-    // Proves the 1 Mi-entry command the controller sends for a snapshot takes the chunk pass, not a per-entry CAS:
-    // bounded well under the 50 ms target even on a loaded 2-core machine (measured ~1-2 ms quiet).
-    [Fact]
-    public void One_mebi_entries_change_in_well_under_the_target()
-    {
-        const long size = 1 << 20;
-        var t = new MappingTable(size);
-        t.Fill(0, size, MapEntry.Zero);
-        t.ChangeStates(0, size, EntryStates.NoWrite, EntryStates.None); // warm-up (JIT)
-        t.ChangeStates(0, size, EntryStates.None, EntryStates.NoWrite);
-        var best = TimeSpan.MaxValue;
-        for (int i = 0; i < 5; i++)
-        {
-            long t0 = System.Diagnostics.Stopwatch.GetTimestamp();
-            t.ChangeStates(0, size, EntryStates.NoWrite, EntryStates.None);
-            var took = System.Diagnostics.Stopwatch.GetElapsedTime(t0);
-            if (took < best) best = took;
-            t.ChangeStates(0, size, EntryStates.None, EntryStates.NoWrite);
-        }
-        Assert.Equal(EntryStates.Zero, t.Get(size - 1).States);
-        Assert.True(best < TimeSpan.FromMilliseconds(25), $"best of 5 passes over 1 Mi entries took {best.TotalMilliseconds:F1} ms");
-    }
 }
