@@ -1,7 +1,6 @@
 using System.Collections.Concurrent;
 using System.Threading.Channels;
 using Grpc.Core;
-using Grpc.Net.Client;
 using Microsoft.Extensions.Logging;
 using Tessera.Core.Protocol;
 
@@ -11,6 +10,8 @@ namespace Tessera.Agent;
 /// Keeps the agent connected to the controller over one long-lived gRPC stream: registers, sends heartbeats,
 /// feeds every controller message to <see cref="AgentCore"/> in order, and reconnects with backoff when the
 /// stream breaks. Also runs the lease check, which must keep running while disconnected.
+/// Sessions are opened through <see cref="IControllerTransport"/> and every wait is on the given
+/// <see cref="TimeProvider"/>, so the deterministic simulation runs this very loop over simulated streams and time.
 /// </summary>
 public sealed partial class ControllerConnection : IAsyncDisposable
 {
@@ -18,35 +19,28 @@ public sealed partial class ControllerConnection : IAsyncDisposable
     private const int MaxBackoffMs = 2_000;
 
     private readonly AgentCore _core;
-    private readonly string _controllerUrl;
+    private readonly IControllerTransport _transport;
     private readonly string _nbdAddress;
     private readonly TimeProvider _time;
     private readonly ILogger _logger;
     private readonly CancellationTokenSource _stop = new();
     private readonly TaskCompletionSource _registeredOnce = new(TaskCreationOptions.RunContinuationsAsynchronously);
-    private readonly GrpcChannel _channel;
     private Task? _run;
     private Task? _leaseLoop;
 
     public ControllerConnection(AgentCore core, string controllerUrl, string nbdAddress, TimeProvider time, ILogger logger)
+        : this(core, new GrpcControllerTransport(controllerUrl), nbdAddress, time, logger)
+    {
+    }
+
+    /// <param name="transport">Owned from here on: disposed with the connection.</param>
+    public ControllerConnection(AgentCore core, IControllerTransport transport, string nbdAddress, TimeProvider time, ILogger logger)
     {
         _core = core;
-        _controllerUrl = controllerUrl;
+        _transport = transport;
         _nbdAddress = nbdAddress;
         _time = time;
         _logger = logger;
-        _channel = GrpcChannel.ForAddress(controllerUrl, new GrpcChannelOptions
-        {
-            HttpHandler = new SocketsHttpHandler
-            {
-                ConnectTimeout = TimeSpan.FromSeconds(2),
-                KeepAlivePingDelay = TimeSpan.FromSeconds(5),
-                KeepAlivePingTimeout = TimeSpan.FromSeconds(5),
-                EnableMultipleHttp2Connections = true,
-            },
-            MaxReceiveMessageSize = 64 << 20,
-            MaxSendMessageSize = 64 << 20,
-        });
     }
 
     /// <summary>Completes when the agent registered with the controller for the first time.</summary>
@@ -80,7 +74,7 @@ public sealed partial class ControllerConnection : IAsyncDisposable
             {
                 reason = e.Message;
             }
-            Log.SessionEnded(_logger, _controllerUrl, reason, backoffMs);
+            Log.SessionEnded(_logger, _transport.Address, reason, backoffMs);
             try { await Task.Delay(TimeSpan.FromMilliseconds(backoffMs), _time, _stop.Token); }
             catch (OperationCanceledException) { return; }
             backoffMs = Math.Min(backoffMs * 2, MaxBackoffMs);
@@ -90,8 +84,7 @@ public sealed partial class ControllerConnection : IAsyncDisposable
     private async Task<string> RunOneSessionAsync(Action onRegistered)
     {
         using var sessionEnd = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
-        var client = new AgentChannel.AgentChannelClient(_channel);
-        using var call = client.Connect(cancellationToken: sessionEnd.Token);
+        using var call = _transport.Connect(sessionEnd.Token);
         var link = new GrpcLink(sessionEnd);
         var writer = link.PumpAsync(call.RequestStream);
         try
@@ -171,7 +164,7 @@ public sealed partial class ControllerConnection : IAsyncDisposable
         _stop.Cancel();
         if (_run != null) await _run;
         if (_leaseLoop != null) await _leaseLoop;
-        _channel.Dispose();
+        _transport.Dispose();
     }
 
     /// <summary>One session's ordered, bounded send queue. A full queue ends the session rather than block the data path.</summary>

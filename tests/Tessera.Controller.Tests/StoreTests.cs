@@ -64,6 +64,12 @@ public class StoreTests
             read_only INTEGER NOT NULL,
             PRIMARY KEY (disk_id, host)
         )
+        table releasing: CREATE TABLE releasing (
+            container_id INTEGER NOT NULL,
+            physical_index INTEGER NOT NULL,
+            units INTEGER NOT NULL,
+            PRIMARY KEY (container_id, physical_index)
+        )
         table segments: CREATE TABLE segments (
             disk_id INTEGER NOT NULL REFERENCES disks(id),
             segment INTEGER NOT NULL,
@@ -90,7 +96,7 @@ public class StoreTests
         {
             using var store = ControllerStore.Open(dir);
             Assert.Equal(GoldenSchema, store.DumpSchema());
-            Assert.Equal(3, ControllerStore.SchemaVersion);
+            Assert.Equal(4, ControllerStore.SchemaVersion);
         }
         finally
         {

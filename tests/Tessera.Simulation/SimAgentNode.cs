@@ -1,3 +1,4 @@
+using Grpc.Core;
 using Microsoft.Extensions.Logging.Abstractions;
 using Tessera.Agent;
 using Tessera.Core.Containers;
@@ -6,21 +7,14 @@ using Tessera.Core.Protocol;
 namespace Tessera.Simulation;
 
 /// <summary>
-/// One host: the real <see cref="AgentCore"/> plus the part of <c>ControllerConnection</c> that the sim replaces
-/// (register, heartbeats, lease checks, reconnect with backoff), written against the same seam and the same
-/// timings so the core sees what it sees in production.
+/// One host: the real <see cref="AgentCore"/> and the real <see cref="ControllerConnection"/> (register,
+/// heartbeats, lease checks, reconnect with backoff) on the node's simulated clock. Only the transport is
+/// simulated: each session is a <see cref="SimStream"/> opened through <see cref="IControllerTransport"/>.
 /// </summary>
 public sealed class SimAgentNode
 {
-    private const int MaxBackoffMs = 2_000;
     private readonly Simulation _sim;
-    private CancellationTokenSource _life = new();
-    private CancellationTokenSource? _session;
-    private Link? _link;
-    private bool _registered;
-    private int _backoffMs = 50;
-    private readonly Dictionary<ulong, long> _heartbeatSent = new();
-    private ulong _heartbeatSequence;
+    private SimStream? _stream;
 
     public SimAgentNode(Simulation sim, int index, string host, double clockRate)
     {
@@ -38,135 +32,56 @@ public sealed class SimAgentNode
     public NodeTime Time { get; private set; } = null!;
     public AgentCore Core { get; private set; } = null!;
     public SimOwner Owner { get; private set; } = null!;
-    public SimStream? Stream { get; private set; }
-    public bool Registered => _registered && Stream is { IsBroken: false };
+
+    /// <summary>The session the current incarnation opened last, while it is not broken.</summary>
+    public SimStream? Stream => _stream is { IsBroken: false } s ? s : null;
+
+    /// <summary>Registered on a live session (the connection hands the core its link only once Registered arrived).</summary>
+    public bool Registered => Alive && Stream is not null && Core.IsConnected;
 
     /// <summary>Starts a new incarnation (runs on the pool).</summary>
     public void Start()
     {
         Incarnation++;
         Alive = true;
-        _life = new CancellationTokenSource();
+        _stream = null;
         Time = new NodeTime(_sim.Clock, ClockRate, Host);
         Owner = new SimOwner($"{Host}#{Incarnation}", Host, Incarnation);
         var owner = Owner;
         var registry = new ContainerRegistry(uri => _sim.OpenContainer(uri, owner));
         Core = new AgentCore(Host, new ContainerSet(registry), Time, NullLogger.Instance, incarnation: (ulong)(Index + 1) << 32 | (uint)Incarnation);
-        _ = LeaseLoopAsync(Core, Time, _life.Token);
-        Connect();
+        var connection = new ControllerConnection(Core, new Transport(this, owner), "sim", Time, NullLogger.Instance);
+        connection.Start();
     }
 
-    /// <summary>The process dies: tables, pending faults and in-flight I/O are gone; its container handles write nothing more.</summary>
+    /// <summary>
+    /// The process dies: tables, pending faults and in-flight I/O are gone; its container handles write nothing
+    /// more, its timers never fire and its end of the stream hears nothing more (so its connection loop simply
+    /// stops where it was). The controller sees the stream break.
+    /// </summary>
     public void Crash()
     {
         Alive = false;
         Owner.Dead = true;
         Time.Dead = true;
-        _life.Cancel();
-        _session?.Cancel();
-        var s = Stream;
-        Stream = null;
-        _registered = false;
-        s?.Break("agent crashed");
+        Stream?.Break("agent crashed");
+        _stream = null;
     }
 
-    private void Connect()
+    /// <summary>Sessions for one incarnation: refused while the controller is down or the host is partitioned.</summary>
+    private sealed class Transport(SimAgentNode node, SimOwner owner) : IControllerTransport
     {
-        if (!Alive) return;
-        var stream = _sim.OpenStream(this);
-        if (stream is null)
+        public string Address => "sim://controller";
+
+        public AsyncDuplexStreamingCall<AgentMessage, ControllerMessage> Connect(CancellationToken cancellationToken)
         {
-            RetryLater();
-            return;
+            if (owner.Dead) throw new InvalidOperationException($"{owner} is dead and cannot connect");
+            var stream = node._sim.OpenStream(node)
+                ?? throw new RpcException(new Status(StatusCode.Unavailable, "connection refused (controller down or host partitioned)"));
+            node._stream = stream;
+            return stream.OpenClientCall(cancellationToken);
         }
-        Stream = stream;
-        _registered = false;
-        _session = CancellationTokenSource.CreateLinkedTokenSource(_life.Token);
-        _link = new Link(stream);
-        stream.SendToController(new AgentMessage { Register = new Register { Host = Host, Incarnation = Core.Incarnation, NbdAddress = "sim", Version = "1" } });
-    }
 
-    private void RetryLater()
-    {
-        int delay = _backoffMs;
-        _backoffMs = Math.Min(_backoffMs * 2, MaxBackoffMs);
-        _ = ReconnectAfterAsync(delay, _life.Token);
-    }
-
-    private async Task ReconnectAfterAsync(int delayMs, CancellationToken token)
-    {
-        try { await Task.Delay(TimeSpan.FromMilliseconds(delayMs), Time, token); }
-        catch (OperationCanceledException) { return; }
-        Connect();
-    }
-
-    internal void OnDelivered(SimStream stream, ControllerMessage message)
-    {
-        if (!ReferenceEquals(stream, Stream) || _link is null) return;
-        if (!_registered)
-        {
-            if (message.BodyCase != ControllerMessage.BodyOneofCase.Registered)
-            {
-                stream.Break($"controller answered {message.BodyCase} to Register");
-                return;
-            }
-            Core.OnRegistered(_link, message.Registered);
-            _registered = true;
-            _backoffMs = 50;
-            _heartbeatSent.Clear();
-            _ = HeartbeatLoopAsync(_link, Core, Time, _session!.Token);
-            return;
-        }
-        if (message.BodyCase == ControllerMessage.BodyOneofCase.HeartbeatAck)
-        {
-            if (_heartbeatSent.Remove(message.HeartbeatAck.Sequence, out var sentAt)) Core.RenewLease(sentAt);
-            return;
-        }
-        Core.OnControllerMessage(_link, message);
-    }
-
-    internal void OnStreamBroken(SimStream stream, string reason)
-    {
-        if (!ReferenceEquals(stream, Stream)) return;
-        Stream = null;
-        _registered = false;
-        _session?.Cancel();
-        if (_link != null) Core.OnDisconnected(_link, reason);
-        _link = null;
-        if (Alive) RetryLater();
-    }
-
-    private async Task HeartbeatLoopAsync(Link link, AgentCore core, NodeTime time, CancellationToken token)
-    {
-        try
-        {
-            while (!token.IsCancellationRequested)
-            {
-                _heartbeatSequence++;
-                _heartbeatSent[_heartbeatSequence] = time.GetTimestamp();
-                if (_heartbeatSent.Count > 64) foreach (var k in _heartbeatSent.Keys.ToList()) if (k + 64 < _heartbeatSequence) _heartbeatSent.Remove(k);
-                link.Send(new AgentMessage { Heartbeat = new Heartbeat { Sequence = _heartbeatSequence } });
-                await Task.Delay(TimeSpan.FromMilliseconds(Math.Max(10, core.HeartbeatIntervalMs)), time, token);
-            }
-        }
-        catch (OperationCanceledException) { }
-    }
-
-    private static async Task LeaseLoopAsync(AgentCore core, NodeTime time, CancellationToken token)
-    {
-        try
-        {
-            while (!token.IsCancellationRequested)
-            {
-                core.CheckLease();
-                await Task.Delay(TimeSpan.FromMilliseconds(Math.Clamp(core.LeaseMs / 20, 10, 250)), time, token);
-            }
-        }
-        catch (OperationCanceledException) { }
-    }
-
-    private sealed class Link(SimStream stream) : IControllerLink
-    {
-        public void Send(AgentMessage message) => stream.SendToController(message);
+        public void Dispose() { }
     }
 }

@@ -8,10 +8,11 @@ namespace Tessera.Simulation;
 /// One simulated agent↔controller gRPC stream. Messages in flight wait in two ordered queues until the driver
 /// delivers the head of one. A gRPC stream is ordered and reliable while it lives, so "drop", "duplicate" and
 /// "reorder" cannot happen inside it: what they cause in reality is a broken stream, and that is what the sim does
-/// (<see cref="Break"/>): both ends see the stream fail and whatever was still in flight is lost. Delay is real:
+/// (<see cref="Break"/>): both ends see the stream fail (a crashed agent's end hears nothing: the process is gone) and
+/// whatever was still in flight is lost. Delay is real:
 /// the driver may leave a message in flight while it does other things.
 /// </summary>
-public sealed class SimStream
+public sealed partial class SimStream
 {
     private readonly Queue<AgentMessage> _toController = new();
     private readonly Queue<ControllerMessage> _toAgent = new();
@@ -21,18 +22,27 @@ public sealed class SimStream
     {
         Id = id;
         Agent = agent;
+        AgentOwner = agent.Owner;
         ControllerIncarnation = controllerIncarnation;
-        Reader = new ServerReader(this);
+        // Kestrel fails a broken request stream's reads with an IOException and a cancelled one with OperationCanceledException.
+        Reader = new SimStreamReader<AgentMessage>(() => new IOException("stream broken: " + BrokenReason));
+        _client = new SimStreamReader<ControllerMessage>(
+            () => new RpcException(new Status(StatusCode.Unavailable, "stream broken: " + BrokenReason)),
+            () => new RpcException(new Status(StatusCode.Cancelled, "call cancelled")));
         Writer = new ServerWriter(this);
         Context = new SimCallContext(_broken.Token);
     }
 
     public int Id { get; }
     public SimAgentNode Agent { get; }
+
+    /// <summary>The agent incarnation at the client end; once it is dead its end hears nothing more (the process is gone).</summary>
+    public SimOwner AgentOwner { get; }
     public int ControllerIncarnation { get; }
     public bool IsBroken => _broken.IsCancellationRequested;
     public string? BrokenReason { get; private set; }
-    public ServerReader Reader { get; }
+    /// <summary>The controller end as AgentChannelService sees it.</summary>
+    public SimStreamReader<AgentMessage> Reader { get; }
     public ServerWriter Writer { get; }
     public SimCallContext Context { get; }
 
@@ -42,9 +52,10 @@ public sealed class SimStream
     public int ToControllerCount => _toController.Count;
     public int ToAgentCount => _toAgent.Count;
 
-    public void SendToController(AgentMessage message)
+    private void SendToController(AgentMessage message)
     {
-        if (!IsBroken) _toController.Enqueue(message);
+        if (IsBroken) throw new RpcException(new Status(StatusCode.Unavailable, "stream broken: " + BrokenReason));
+        _toController.Enqueue(message);
     }
 
     internal void SendToAgent(ControllerMessage message)
@@ -67,7 +78,7 @@ public sealed class SimStream
     {
         if (IsBroken || _toAgent.Count == 0) return null;
         var m = _toAgent.Dequeue();
-        Agent.OnDelivered(this, m);
+        _client.Push(m);
         return m;
     }
 
@@ -80,49 +91,7 @@ public sealed class SimStream
         _toAgent.Clear();
         _broken.Cancel();
         Reader.Fail();
-        Agent.OnStreamBroken(this, reason);
-    }
-
-    /// <summary>The controller end as AgentChannelService sees it.</summary>
-    public sealed class ServerReader(SimStream stream) : IAsyncStreamReader<AgentMessage>
-    {
-        private readonly Queue<AgentMessage> _delivered = new();
-        private TaskCompletionSource<bool>? _waiter;
-        private bool _failed;
-
-        public AgentMessage Current { get; private set; } = null!;
-
-        internal void Push(AgentMessage message)
-        {
-            _delivered.Enqueue(message);
-            var w = _waiter;
-            _waiter = null;
-            w?.TrySetResult(true);
-        }
-
-        internal void Fail()
-        {
-            _failed = true;
-            var w = _waiter;
-            _waiter = null;
-            w?.TrySetException(new IOException("stream broken: " + stream.BrokenReason));
-        }
-
-        public async Task<bool> MoveNext(CancellationToken cancellationToken)
-        {
-            while (true)
-            {
-                if (_failed) throw new IOException("stream broken: " + stream.BrokenReason);
-                if (_delivered.Count > 0)
-                {
-                    Current = _delivered.Dequeue();
-                    return true;
-                }
-                var w = new TaskCompletionSource<bool>(TaskCreationOptions.RunContinuationsAsynchronously);
-                _waiter = w;
-                await w.Task.WaitAsync(cancellationToken).ConfigureAwait(false);
-            }
-        }
+        if (!AgentOwner.Dead) _client.Fail();
     }
 
     public sealed class ServerWriter(SimStream stream) : IServerStreamWriter<ControllerMessage>

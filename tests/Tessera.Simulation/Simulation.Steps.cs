@@ -87,7 +87,7 @@ public sealed partial class Simulation
             action!();
             return true;
         }
-        var timer = Clock.TakeNext();
+        var timer = Clock.TakeNext(notAfterNs: driverDue); // a dead node's timers are skipped; never skip past a driver action
         ExpireLingering();
         if (timer is null) return true;
         _checker.Trace.Add(Clock.NowNs);

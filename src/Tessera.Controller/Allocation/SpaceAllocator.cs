@@ -175,6 +175,18 @@ public sealed partial class SpacePool
         }
     }
 
+    /// <summary>Marks a location used if its container exists and the range is free; false otherwise.</summary>
+    public bool TryMarkUsed(ushort containerId, long firstUnit, int units)
+    {
+        lock (_lock)
+        {
+            if (!_spaces.TryGetValue(containerId, out var space) || firstUnit < 0 || firstUnit + units > space.TotalUnits) return false;
+            for (long u = firstUnit; u < firstUnit + units; u++) if (space.IsUsed(u)) return false;
+            space.MarkUsed(firstUnit, units);
+            return true;
+        }
+    }
+
     /// <summary>Takes <paramref name="units"/> aligned units from the emptiest container that fits them; false when none does (ENOSPC).</summary>
     public bool TryAllocate(int units, out ushort containerId, out long firstUnit) =>
         TryAllocateExcept(NoContainer, units, out containerId, out firstUnit, out _); // container ids start at 1

@@ -108,6 +108,7 @@ public sealed partial class DiskCoordinator
         int units = disk.UnitsPerSegment;
         if (!_pool.TryAllocate(units, out ushort containerId, out long firstUnit))
         {
+            if (await WaitForHeldBackSpaceAsync().ConfigureAwait(false)) return await WriteToSharedAsync(session, fault, disk, segment, entry).ConfigureAwait(false);
             s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment for copy-on-write");
         }
@@ -211,6 +212,7 @@ public sealed partial class DiskCoordinator
 
     private void Free(List<PhysicalLocation> locations, int units)
     {
+        _store.ForgetReleasing(locations); // first: a crash before the pool frees them loses nothing, every holder has dropped them
         foreach (var l in locations) _pool.Free(l.ContainerId, l.PhysicalIndex, units);
     }
 

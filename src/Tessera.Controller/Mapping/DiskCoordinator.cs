@@ -86,6 +86,7 @@ public sealed partial class DiskCoordinator
         _sessions = sessions;
         _log = logger;
         _stopping = stopping;
+        HoldBackInheritedReleases();
     }
 
     /// <summary>Takes a disk's lock. Waiters are queued in call order, so faults are handled in arrival order.</summary>
@@ -211,6 +212,7 @@ public sealed partial class DiskCoordinator
         }
         if (taken.Count == 0)
         {
+            if (await WaitForHeldBackSpaceAsync().ConfigureAwait(false)) return await AllocateAsync(session, fault, disk, segment).ConfigureAwait(false);
             s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
         }

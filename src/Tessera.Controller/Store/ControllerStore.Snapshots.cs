@@ -145,12 +145,13 @@ public sealed partial class ControllerStore
         {
             ForgetCachedDisk(diskId);
             using var tx = _db.BeginTransaction();
+            int units = UnitsPerSegmentOf(tx, diskId);
             var rows = ReadSegments(tx, diskId, 0, long.MaxValue);
             Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d", ("$d", (long)diskId));
             Exec(_db, tx, "DELETE FROM presentations WHERE disk_id=$d", ("$d", (long)diskId));
             if (snapshot) Exec(_db, tx, "DELETE FROM snapshots WHERE disk_id=$d", ("$d", (long)diskId));
             Exec(_db, tx, "DELETE FROM disks WHERE id=$d", ("$d", (long)diskId));
-            var freed = Unreferenced(tx, rows.Select(r => r.Entry));
+            var freed = Unreferenced(tx, rows.Select(r => r.Entry), units);
             tx.Commit();
             return freed;
         }
@@ -193,7 +194,7 @@ public sealed partial class ControllerStore
                     Exec(_db, tx, "INSERT OR REPLACE INTO segments(disk_id, segment, container_id, physical_index, states) VALUES ($d, $s, $c, $p, $f)",
                         ("$d", (long)diskId), ("$s", segment), ("$c", (long)entry.ContainerId), ("$p", entry.PhysicalIndex), ("$f", (long)entry.States));
             }
-            var freed = Unreferenced(tx, old);
+            var freed = Unreferenced(tx, old, UnitsPerSegmentOf(tx, diskId));
             tx.Commit();
             return freed;
         }
@@ -227,10 +228,11 @@ public sealed partial class ControllerStore
         {
             ForgetCachedDisk(diskId);
             using var tx = _db.BeginTransaction();
+            int units = UnitsPerSegmentOf(tx, diskId);
             var tail = ReadSegments(tx, diskId, segmentCount, long.MaxValue - segmentCount);
             Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d AND segment >= $n", ("$d", (long)diskId), ("$n", segmentCount));
             Exec(_db, tx, "UPDATE disks SET size_bytes=$s WHERE id=$d", ("$s", sizeBytes), ("$d", (long)diskId));
-            var freed = Unreferenced(tx, tail.Select(r => r.Entry));
+            var freed = Unreferenced(tx, tail.Select(r => r.Entry), units);
             tx.Commit();
             return freed;
         }
@@ -270,12 +272,16 @@ public sealed partial class ControllerStore
         }
     }
 
-    /// <summary>Distinct located entries whose location no segment row names any more (inside the caller's transaction).</summary>
-    private List<PhysicalLocation> Unreferenced(SqliteTransaction tx, IEnumerable<MapEntry> entries)
+    /// <summary>
+    /// Distinct located entries whose location no segment row names any more (inside the caller's transaction),
+    /// recorded as releasing until the coordinator frees them (ControllerStore.Releasing.cs).
+    /// </summary>
+    private List<PhysicalLocation> Unreferenced(SqliteTransaction tx, IEnumerable<MapEntry> entries, int units)
     {
         var result = new List<PhysicalLocation>();
         foreach (var location in entries.Where(e => e.ContainerId != 0).Select(e => new PhysicalLocation(e.ContainerId, e.PhysicalIndex)).Distinct())
             if (References(tx, location) == 0) result.Add(location);
+        RecordReleasing(tx, result, units);
         return result;
     }
 
