@@ -8,6 +8,7 @@
 // their segments mapped and never fault.
 
 using System.Collections.Concurrent;
+using System.Diagnostics.Metrics;
 using Tessera.Controller.Store;
 using Tessera.Core.Mapping;
 
@@ -28,6 +29,10 @@ public sealed partial class DiskCoordinator
     public const int SequentialSlackSegments = 16;
 
     private int _allocateAheadSegments = DefaultAllocateAheadSegments;
+
+    // Its own Meter instance (same name): the order of static initialisers across partial files is not defined.
+    private static readonly Counter<long> s_allocatedAhead = new Meter("Tessera.Controller").CreateCounter<long>(
+        "tessera.controller.allocated_ahead", description: "segments mapped ahead of a sequential writer");
 
     /// <summary>Bound of the allocate-ahead window in segments; 0 disables allocate-ahead.</summary>
     public int AllocateAheadSegments
@@ -80,6 +85,7 @@ public sealed partial class DiskCoordinator
             if (stored.TryGetValue(s, out var states) && ((states & EntryStates.Zero) == 0 || (states & EntryStates.Error) != 0)) continue;
             if (!_pool.TryAllocateAhead(units, out ushort container, out long first)) break; // short of space: map less ahead
             taken.Add((s, MapEntry.Mapped(container, first), true));
+            s_allocatedAhead.Add(1);
         }
     }
 
