@@ -11,6 +11,9 @@
 # --rw=write --bs=1m --iodepth=8 --size=G once over it (every write is the first to its segment), then the same
 # over the allocated disk. Thin disks are kept until the end, so later rounds do not reuse freed units. A last
 # "reused" pass deletes the thin disks and writes one more thin disk onto their freed (zeroed on reuse) units.
+# Each round also measures the filesystem alone (row "filesystem"): fio --ioengine=psync 1 MiB writes into a new sparse
+# file in the same directory (the thin case: every write fills a hole), then over that file again (the allocated
+# case: blocks exist, pages are cached), which is the ceiling any server storing data in a sparse file can reach.
 # Prints per-root medians of MiB/s and the ratio thin / allocated. Stops everything it started.
 set -euo pipefail
 
@@ -25,7 +28,7 @@ while [[ $# -gt 0 ]]; do
         --size-gib) size_gib="$2"; shift 2 ;;
         --roots) roots="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "thin-write: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -86,6 +89,15 @@ for round in $(seq "$rounds"); do
         run "$name" thin "thin$round"
         run "$name" allocated bench
     done
+    fs_file="$tmp/fs-round$round.img"
+    truncate -s "${size_gib}G" "$fs_file"
+    for label in thin allocated; do
+        json="$tmp/fs-$label-$round.json"
+        fio --name=fs --filename="$fs_file" --ioengine=psync --rw=write --bs=1m --size="${size_gib}g" --fallocate=none \
+            --invalidate=0 --output-format=json --output="$json" >/dev/null
+        printf '%s\t%s\t%s\n' fs "$label" "$json" >>"$results"
+    done
+    rm -f "$fs_file"
 done
 i=0
 for r in $roots; do
@@ -109,8 +121,8 @@ for name, label, path in rows:
     j = json.load(open(path))["jobs"][0]["write"]
     bw.setdefault((name, label), []).append(j["bw_bytes"] / 2**20)
 lines = ["| build | fresh thin MiB/s | allocated MiB/s | thin / allocated | thin on reused units MiB/s | runs (thin; allocated) |", "|---|--:|--:|--:|--:|---|"]
-for i, root in enumerate(roots, 1):
-    n = f"b{i}"
+for i, root in enumerate(roots + ["filesystem (fio psync on a sparse file)"], 1):
+    n = f"b{i}" if i <= len(roots) else "fs"
     t, a, ru = bw.get((n, "thin"), []), bw.get((n, "allocated"), []), bw.get((n, "reused"), [])
     if not t or not a: continue
     tm, am = statistics.median(t), statistics.median(a)
