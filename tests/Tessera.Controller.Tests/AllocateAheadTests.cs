@@ -82,13 +82,14 @@ public class AllocateAheadTests
         Assert.Equal(next * UnitsPerSegment, c.Host.Core.Store.GetHighWater((ushort)container.Id));
     }
 
-    // Proves scattered first writes map nothing ahead: each allocates exactly its own segment and the window stays 0.
+    // Proves scattered first writes map nothing ahead, also when they are only a few segments apart (writes at 2, 10
+    // and 41 MiB once made "within 16 segments" map the whole gap): each allocates exactly its own segment.
     [Fact]
     public async Task Random_faults_map_nothing_ahead()
     {
         var (c, d, h1) = await StartAsync(512L * Mi, 256L * Mi, bound: 32);
         await using var _ = c;
-        long[] segments = [0, 100, 40, 200, 150, 70, 250, 20, 120, 180];
+        long[] segments = [0, 2, 10, 41, 100, 40, 200, 150, 70, 250, 20, 120, 180];
         for (int i = 0; i < segments.Length; i++)
         {
             var (answer, pushed) = await WriteFaultAsync(h1, d.Id, segments[i]);

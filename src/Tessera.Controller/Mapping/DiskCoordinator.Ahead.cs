@@ -22,12 +22,6 @@ public sealed partial class DiskCoordinator
     /// <summary>Largest window an option may ask for.</summary>
     public const int MaxAllocateAheadSegments = 256;
 
-    /// <summary>
-    /// A fault this close to the end of the disk's last allocation (either side) continues it: a writer at queue
-    /// depth n has up to n first writes in flight, and they need not reach the lock in order.
-    /// </summary>
-    public const int SequentialSlackSegments = 16;
-
     private int _allocateAheadSegments = DefaultAllocateAheadSegments;
 
     // Its own Meter instance (same name): the order of static initialisers across partial files is not defined.
@@ -67,13 +61,16 @@ public sealed partial class DiskCoordinator
     {
         var state = _sequential.GetOrAdd(disk.Id, _ => new SequentialState());
         int bound = AllocateAheadSegments;
-        bool sequential = state.NextSegment >= 0 && Math.Abs(faultSegment - state.NextSegment) < SequentialSlackSegments;
+        // Sequential: this allocation includes the segment right after the disk's last one — the fault's own, or that of
+        // a fault queued behind it (a writer at queue depth n has up to n first writes in flight, and they need not
+        // reach the lock in order). Anything looser took writes a few segments apart for a stream.
+        bool sequential = state.NextSegment >= 0 && taken.Any(t => t.Segment == state.NextSegment);
         state.Window = !sequential || bound == 0 ? 0 : Math.Min(bound, Math.Max(1, state.Window * 2));
         if (state.Window == 0) return;
 
         long batchEnd = taken.Max(t => t.Segment) + 1;
-        long from = Math.Min(state.NextSegment, batchEnd); // fill the gap a concurrent fault that arrived late would leave
-        long end = Math.Min(disk.SegmentCount, Math.Max(batchEnd, state.NextSegment) + state.Window);
+        long from = state.NextSegment; // also fills the batch's gaps: in-flight writes whose faults have not arrived yet
+        long end = Math.Min(disk.SegmentCount, batchEnd + state.Window);
         if (from >= end) return;
         var inBatch = taken.Select(t => t.Segment).ToHashSet();
         var stored = _store.GetSegments(disk.Id, from, end - from).ToDictionary(r => r.Segment, r => r.Entry.States);
