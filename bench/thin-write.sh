@@ -2,15 +2,22 @@
 # Fresh thin disk versus allocated disk, 1 MiB sequential writes at QD8, each byte written once (issue 5's
 # "fresh thin disk sequential write >= 0.8x the allocated disk"), for one or more Tessera builds side by side.
 #
-#   bench/thin-write.sh [--rounds N] [--size-gib G] [--roots "DIR_A DIR_B ..."] [--out FILE.md]
+#   bench/thin-write.sh [--rounds N] [--size-gib G] [--roots "DIR_A DIR_B ..."] [--tmp-dir DIR] [--out FILE.md]
+#
+# --tmp-dir (default /tmp) holds every store and container. On tmpfs (/dev/shm) no dirty-page writeback throttles the
+# writers, which isolates Tessera's own costs; it needs about (rounds + 2) x G GiB of memory per root. The controllers'
+# SQLite stores stay on /tmp either way (a symlink), so every allocation still pays its real fsync.
 #
 # For each root (a Tessera source tree; default: this one) it starts `ROOT/tessera up` with a 1 GiB disk `bench`,
 # allocates it fully with one fio pass, and adds a second, fresh sparse container big enough for every thin disk
 # of the run, exactly (so each thin disk lands on never-used units, as on a new pool; the emptiest container gets new
-# segments). Then per round, interleaving the roots (A B A B ...): create + present disk thinN, fio
+# segments). Then per round, interleaving the roots (A B, then B A, ...): create + present disk thinN, fio
 # --rw=write --bs=1m --iodepth=8 --size=G once over it (every write is the first to its segment), then the same
 # over the allocated disk. Thin disks are kept until the end, so later rounds do not reuse freed units. A last
 # "reused" pass deletes the thin disks and writes one more thin disk onto their freed (zeroed on reuse) units.
+# Each round also measures the filesystem alone (row "filesystem"): fio --ioengine=psync 1 MiB writes into a new sparse
+# file in the same directory (the thin case: every write fills a hole), then over that file again (the allocated
+# case: blocks exist, pages are cached), which is the ceiling any server storing data in a sparse file can reach.
 # Prints per-root medians of MiB/s and the ratio thin / allocated. Stops everything it started.
 set -euo pipefail
 
@@ -19,27 +26,30 @@ rounds=3
 size_gib=1
 roots="$here"
 out=""
+tmp_dir="/tmp"
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
         --size-gib) size_gib="$2"; shift 2 ;;
         --roots) roots="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --tmp-dir) tmp_dir="$2"; shift 2 ;;
+        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "thin-write: unknown argument $1" >&2; exit 2 ;;
     esac
 done
 say() { printf '[thin-write %s] %s\n' "$(date +%T)" "$*" >&2; }
 command -v fio >/dev/null || { echo "thin-write: needs fio (apt-get install fio)" >&2; exit 1; }
 
-tmp="$(mktemp -d /tmp/thin-write.XXXXXX)"
+tmp="$(mktemp -d "$tmp_dir/thin-write.XXXXXX")"
 pids=()
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
     rm -rf "$tmp"
 }
-trap cleanup EXIT
+stores="$(mktemp -d /tmp/thin-write-stores.XXXXXX)"
+trap 'cleanup; rm -rf "$stores"' EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_export() {
     local uri="$1" i
@@ -51,7 +61,8 @@ declare -A nbd_port=() ctl=()
 i=0
 for r in $roots; do
     i=$((i + 1)); name="b$i"
-    mkdir -p "$tmp/$name"
+    mkdir -p "$tmp/$name" "$stores/$name"
+    ln -s "$stores/$name" "$tmp/$name/controller" # `up` keeps its store in DATA/controller
     np="$(free_port)"; cp="$(free_port)"
     "$r/tessera" up --data "$tmp/$name" --nbd-listen "127.0.0.1:$np" --controller-listen "127.0.0.1:$cp" \
         --disk bench --size "${size_gib}GiB" >"$tmp/$name.log" 2>&1 &
@@ -77,15 +88,27 @@ thin_disk() { # root name disk
     "$1/tessera" disk present "$3" --host local --controller "${ctl[$2]}" >/dev/null
     wait_export "nbd://127.0.0.1:${nbd_port[$2]}/$3"
 }
+order=() # "name root" pairs; reversed on even rounds, so no build always runs right after the other's writes
+i=0
+for r in $roots; do i=$((i + 1)); order+=("b$i $r"); done
 for round in $(seq "$rounds"); do
-    i=0
-    for r in $roots; do
-        i=$((i + 1)); name="b$i"
+    if (( round % 2 == 0 )); then idx=$(seq $(( ${#order[@]} - 1 )) -1 0); else idx=$(seq 0 $(( ${#order[@]} - 1 ))); fi
+    for k in $idx; do
+        read -r name r <<<"${order[$k]}"
         thin_disk "$r" "$name" "thin$round"
         say "round $round/$rounds $name: thin, then allocated"
         run "$name" thin "thin$round"
         run "$name" allocated bench
     done
+    fs_file="$tmp/fs-round$round.img"
+    truncate -s "${size_gib}G" "$fs_file"
+    for label in thin allocated; do
+        json="$tmp/fs-$label-$round.json"
+        fio --name=fs --filename="$fs_file" --ioengine=psync --rw=write --bs=1m --size="${size_gib}g" --fallocate=none \
+            --invalidate=0 --output-format=json --output="$json" >/dev/null
+        printf '%s\t%s\t%s\n' fs "$label" "$json" >>"$results"
+    done
+    rm -f "$fs_file"
 done
 i=0
 for r in $roots; do
@@ -109,8 +132,8 @@ for name, label, path in rows:
     j = json.load(open(path))["jobs"][0]["write"]
     bw.setdefault((name, label), []).append(j["bw_bytes"] / 2**20)
 lines = ["| build | fresh thin MiB/s | allocated MiB/s | thin / allocated | thin on reused units MiB/s | runs (thin; allocated) |", "|---|--:|--:|--:|--:|---|"]
-for i, root in enumerate(roots, 1):
-    n = f"b{i}"
+for i, root in enumerate(roots + ["filesystem (fio psync on a sparse file)"], 1):
+    n = f"b{i}" if i <= len(roots) else "fs"
     t, a, ru = bw.get((n, "thin"), []), bw.get((n, "allocated"), []), bw.get((n, "reused"), [])
     if not t or not a: continue
     tm, am = statistics.median(t), statistics.median(a)

@@ -29,7 +29,10 @@ public sealed class ControllerCore : IDisposable
             throw;
         }
         Sessions = new SessionRegistry();
-        Coordinator = new DiskCoordinator(Store, Pool, Sessions, loggerFactory.CreateLogger<DiskCoordinator>(), _stopping.Token, Time, TimeSpan.FromMilliseconds(options.LeaseMs));
+        Coordinator = new DiskCoordinator(Store, Pool, Sessions, loggerFactory.CreateLogger<DiskCoordinator>(), _stopping.Token, Time, TimeSpan.FromMilliseconds(options.LeaseMs))
+        {
+            AllocateAheadSegments = options.AllocateAheadSegments,
+        };
         Migrations = new Operations.MigrationRunner(this, loggerFactory.CreateLogger<Operations.MigrationRunner>()); // resumes unfinished jobs
     }
 

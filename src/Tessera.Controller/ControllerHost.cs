@@ -24,6 +24,12 @@ public sealed record ControllerOptions
 
     public int HeartbeatIntervalMs { get; init; } = 1_000;
 
+    /// <summary>
+    /// Bound of the sequential allocate-ahead window in segments (docs/architecture.md, "Sequential allocate-ahead");
+    /// 0 disables it, so every segment is allocated by its own first write.
+    /// </summary>
+    public int AllocateAheadSegments { get; init; } = Mapping.DiskCoordinator.DefaultAllocateAheadSegments;
+
     public TimeProvider TimeProvider { get; init; } = TimeProvider.System;
 
     /// <summary>Throws with a clear message when an option makes no sense.</summary>
@@ -33,6 +39,8 @@ public sealed record ControllerOptions
         if (LeaseMs < 100 || LeaseMs > 3_600_000) throw new ArgumentException($"LeaseMs must be 100..3600000, not {LeaseMs}");
         if (HeartbeatIntervalMs < 10 || HeartbeatIntervalMs >= LeaseMs)
             throw new ArgumentException($"HeartbeatIntervalMs must be at least 10 and below LeaseMs ({LeaseMs}), not {HeartbeatIntervalMs}");
+        if (AllocateAheadSegments < 0 || AllocateAheadSegments > Mapping.DiskCoordinator.MaxAllocateAheadSegments)
+            throw new ArgumentException($"AllocateAheadSegments must be 0..{Mapping.DiskCoordinator.MaxAllocateAheadSegments}, not {AllocateAheadSegments}");
         ControllerHost.ParseListenAddress(ListenAddress);
     }
 }

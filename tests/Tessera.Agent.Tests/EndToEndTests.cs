@@ -20,11 +20,14 @@ internal sealed class Cluster : IAsyncDisposable
     private readonly int _leaseMs;
     private string _listen = "127.0.0.1:0";
 
-    private Cluster(int leaseMs) => _leaseMs = leaseMs;
+    private readonly int _allocateAheadSegments;
 
-    public static async Task<Cluster> StartAsync(int leaseMs = 10_000, bool addFilePool = true)
+    private Cluster(int leaseMs, int allocateAheadSegments) => (_leaseMs, _allocateAheadSegments) = (leaseMs, allocateAheadSegments);
+
+    /// <param name="allocateAheadSegments">Off by default: most tests count exactly which segments a write allocated.</param>
+    public static async Task<Cluster> StartAsync(int leaseMs = 10_000, bool addFilePool = true, int allocateAheadSegments = 0)
     {
-        var c = new Cluster(leaseMs);
+        var c = new Cluster(leaseMs, allocateAheadSegments);
         await c.StartControllerAsync();
         if (addFilePool) await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "pool0", Uri = "file://" + Path.Combine(c.Dir, "pool0.img"), SizeBytes = 256 << 20 });
         return c;
@@ -38,6 +41,7 @@ internal sealed class Cluster : IAsyncDisposable
             ListenAddress = _listen,
             LeaseMs = _leaseMs,
             HeartbeatIntervalMs = Math.Max(20, _leaseMs / 10),
+            AllocateAheadSegments = _allocateAheadSegments,
         }, NullLoggerFactory.Instance);
         _listen = new Uri(Controller.Url).Authority; // restart on the same port
         _channel?.Dispose();

@@ -47,7 +47,7 @@ public class GroupCommitTests
             {
                 Assert.Null(first); // every push precedes every answer
                 Assert.All(set.Entries, e => Assert.Equal(MapEntry.Invalid.Raw, e));
-                pushed.Add(set.FirstSegment);
+                for (ulong s = set.FirstSegment; s < set.FirstSegment + set.Count; s++) pushed.Add(s); // runs go as one range
             }
         }
         // The first answer on the stream: one at a time, it would carry only its own segment mapped.

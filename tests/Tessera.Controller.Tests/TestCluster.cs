@@ -38,7 +38,8 @@ public sealed class TestCluster : IAsyncDisposable
     private async Task StartHostAsync()
     {
         Host = await ControllerHost.StartAsync(
-            new ControllerOptions { DataDirectory = Path.Combine(Directory, "data"), ListenAddress = "127.0.0.1:0", LeaseMs = LeaseMs, HeartbeatIntervalMs = Math.Max(10, LeaseMs / 5) },
+            // Allocate-ahead off: most tests count exactly which segments a fault allocated; AllocateAheadTests turn it on.
+            new ControllerOptions { DataDirectory = Path.Combine(Directory, "data"), ListenAddress = "127.0.0.1:0", LeaseMs = LeaseMs, HeartbeatIntervalMs = Math.Max(10, LeaseMs / 5), AllocateAheadSegments = 0 },
             NullLoggerFactory.Instance);
         _channel = GrpcChannel.ForAddress(Host.Url);
         Admin = new Tessera.Core.Protocol.Admin.AdminClient(_channel);

@@ -184,7 +184,20 @@ public sealed partial class Simulation : IDisposable
             _containers[container.Name] = container;
             var name = container.Name;
             var uri = container.Uri;
-            PoolDriver.Run(() => _admin!.AddContainer(new AddContainerRequest { Name = name, Uri = uri }, Ctx()).GetAwaiter().GetResult());
+            // A simulated container starts all zeros, like a file Tessera created sparse: about half of them are added as
+            // such (high-water mark 0), so thin allocation skips zeroing there and sequential allocate-ahead maps ahead
+            // there; the rest have an unknown past, as the admin API assumes for anything it did not create. Decided by a
+            // hash of seed and index rather than _r, so every other random choice of a seed stays what it was.
+            bool fresh = (unchecked((ulong)_options.Seed * 0x9E3779B97F4A7C15UL + (ulong)c) >> 40 & 1) == 0;
+            if (fresh)
+                PoolDriver.Run(() =>
+                {
+                    var row = Controller!.Store.AddContainer(name, uri, container.SizeBytes, highWaterUnit: 0)!;
+                    Controller.Pool.AddContainer(row.Id, container.SizeBytes / MapEntry.PhysicalUnitBytes, highWaterUnit: 0);
+                });
+            else
+                PoolDriver.Run(() => _admin!.AddContainer(new AddContainerRequest { Name = name, Uri = uri }, Ctx()).GetAwaiter().GetResult());
+            TraceLine($"container {name}: {(fresh ? "fresh (mark 0)" : "unknown past")}");
         }
         for (int d = 0; d < disks; d++)
         {

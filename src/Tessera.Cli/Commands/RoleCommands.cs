@@ -18,14 +18,15 @@ public static class RoleCommands
         var data = new Option<string>("--data") { Description = "Directory for the controller's store (created if missing)", HelpName = "DIR", Required = true };
         var listen = new Option<string>("--listen") { Description = "host:port for agents and the admin API", HelpName = "HOST:PORT", DefaultValueFactory = _ => DefaultControllerListen };
         var logLevel = Serving.LogLevelOption();
-        var command = new Command("controller", "Run the controller (control path and admin API) until Ctrl-C") { data, listen, logLevel };
+        var allocateAhead = AllocateAheadOption();
+        var command = new Command("controller", "Run the controller (control path and admin API) until Ctrl-C") { data, listen, allocateAhead, logLevel };
         CommandRunner.SetAction(command, async (r, ct) =>
         {
             var endPoint = Arguments.ListenAddress("--listen", r.GetValue(listen));
             var dataDir = Path.GetFullPath(r.GetValue(data)!);
             using var shutdown = new ShutdownSignal();
             using var loggerFactory = Serving.CreateLoggerFactory(r.GetValue(logLevel));
-            var controller = await StartController(dataDir, endPoint, loggerFactory, shutdown.Token);
+            var controller = await StartController(dataDir, endPoint, loggerFactory, shutdown.Token, r.GetValue(allocateAhead));
             if (controller is null) return ExitCodes.Ok;
             Serving.Say($"controller serving on {controller.Url} (data {dataDir})");
             await shutdown.WaitAsync();
@@ -36,6 +37,14 @@ public static class RoleCommands
         });
         return command;
     }
+
+    /// <summary>--allocate-ahead: bound of the sequential allocate-ahead window (docs/architecture.md).</summary>
+    internal static Option<int> AllocateAheadOption() => new("--allocate-ahead")
+    {
+        Description = "Segments a sequential writer's first-write fault may map ahead on never-used space (0 disables)",
+        HelpName = "SEGMENTS",
+        DefaultValueFactory = _ => Tessera.Controller.Mapping.DiskCoordinator.DefaultAllocateAheadSegments,
+    };
 
     public static Command Agent()
     {
@@ -68,11 +77,14 @@ public static class RoleCommands
     }
 
     /// <summary>Starts a controller; null when a shutdown signal arrived first; a start failure is exit 4.</summary>
-    internal static async Task<ControllerHost?> StartController(string dataDir, System.Net.IPEndPoint endPoint, ILoggerFactory loggerFactory, CancellationToken cancellationToken)
+    internal static async Task<ControllerHost?> StartController(string dataDir, System.Net.IPEndPoint endPoint, ILoggerFactory loggerFactory, CancellationToken cancellationToken,
+        int allocateAheadSegments = Tessera.Controller.Mapping.DiskCoordinator.DefaultAllocateAheadSegments)
     {
+        if (allocateAheadSegments < 0 || allocateAheadSegments > Tessera.Controller.Mapping.DiskCoordinator.MaxAllocateAheadSegments)
+            throw new CliException(ExitCodes.Usage, $"--allocate-ahead must be 0..{Tessera.Controller.Mapping.DiskCoordinator.MaxAllocateAheadSegments}, not {allocateAheadSegments}");
         try
         {
-            return await ControllerHost.StartAsync(new ControllerOptions { DataDirectory = dataDir, ListenAddress = Arguments.Format(endPoint) },
+            return await ControllerHost.StartAsync(new ControllerOptions { DataDirectory = dataDir, ListenAddress = Arguments.Format(endPoint), AllocateAheadSegments = allocateAheadSegments },
                 loggerFactory, cancellationToken);
         }
         catch (OperationCanceledException) when (cancellationToken.IsCancellationRequested)

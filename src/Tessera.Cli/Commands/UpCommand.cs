@@ -31,9 +31,10 @@ public static class UpCommand
         var disk = new Option<string>("--disk") { Description = "Disk to create and present when absent", HelpName = "NAME", DefaultValueFactory = _ => "demo" };
         var size = Arguments.SizeOption("--size", "Size of that disk when it is created", DefaultDiskSize);
         var logLevel = Serving.LogLevelOption();
+        var allocateAhead = RoleCommands.AllocateAheadOption();
         var command = new Command("up", "Run controller + agent (host 'local') + a file container in one process, with a disk ready over NBD")
         {
-            data, nbdListen, controllerListen, disk, size, logLevel,
+            data, nbdListen, controllerListen, disk, size, allocateAhead, logLevel,
         };
         CommandRunner.SetAction(command, async (r, ct) =>
         {
@@ -42,13 +43,13 @@ public static class UpCommand
             var controllerEndPoint = Arguments.ListenAddress("--controller-listen", r.GetValue(controllerListen));
             var diskName = Arguments.Name("disk", r.GetValue(disk));
             var diskBytes = Arguments.PositiveSize("--size", Arguments.SizeValue(r, size, DefaultDiskSize));
-            return await Run(dataDir, nbdEndPoint, controllerEndPoint, diskName, diskBytes, r.GetValue(logLevel));
+            return await Run(dataDir, nbdEndPoint, controllerEndPoint, diskName, diskBytes, r.GetValue(logLevel), r.GetValue(allocateAhead));
         });
         return command;
     }
 
     private static async Task<int> Run(string dataDir, IPEndPoint nbdEndPoint, IPEndPoint controllerEndPoint, string diskName, long diskBytes,
-        Microsoft.Extensions.Logging.LogLevel logLevel)
+        Microsoft.Extensions.Logging.LogLevel logLevel, int allocateAheadSegments)
     {
         var controllerDir = Path.Combine(dataDir, "controller");
         var containersDir = Path.Combine(dataDir, "containers");
@@ -64,7 +65,7 @@ public static class UpCommand
 
         using var shutdown = new ShutdownSignal();
         using var loggerFactory = Serving.CreateLoggerFactory(logLevel);
-        var controller = await RoleCommands.StartController(controllerDir, controllerEndPoint, loggerFactory, shutdown.Token);
+        var controller = await RoleCommands.StartController(controllerDir, controllerEndPoint, loggerFactory, shutdown.Token, allocateAheadSegments);
         if (controller is null) return ExitCodes.Ok;
         AgentHost? agent = null;
         try

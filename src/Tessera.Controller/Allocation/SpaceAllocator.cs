@@ -92,6 +92,9 @@ public sealed class ContainerSpace
         return -1;
     }
 
+    /// <summary>True when <paramref name="units"/> aligned units fit at or above the mark (they never held data).</summary>
+    public bool FitsAboveHighWater(int units) => units > 0 && (HighWaterUnit + units - 1) / units * units + units <= TotalUnits;
+
     /// <summary>Marks a range used (rebuilding from the store). Throws when any unit is already used: a double mapping is a bug.</summary>
     public void MarkUsed(long first, int units)
     {

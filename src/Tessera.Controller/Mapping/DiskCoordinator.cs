@@ -216,6 +216,7 @@ public sealed partial class DiskCoordinator
             s_noSpace.Add(1);
             return Fail(fault, IoStatus.NoSpace, "no container has a free segment");
         }
+        TakeAhead(disk, segment, taken); // a sequential writer's next segments, never-used units only (DiskCoordinator.Ahead.cs)
 
         var containers = _store.ListContainers().ToDictionary(c => c.Id);
         var status = IoStatus.Ok;
@@ -245,6 +246,7 @@ public sealed partial class DiskCoordinator
             {
                 _store.SetEntriesAdvancingHighWater(disk.Id, taken.Select(t => (t.Segment, t.Entry)).ToList(), units);
                 persisted = true;
+                RecordAllocated(disk.Id, taken.Select(t => t.Segment));
             }
         }
         finally
@@ -260,18 +262,13 @@ public sealed partial class DiskCoordinator
         }
 
         s_allocations.Add(taken.Count);
-        var pushes = new List<Task>(taken.Count);
-        foreach (var (s, entry, _) in taken)
-        {
-            LogAllocated(_log, disk.Name, s, entry.ToString());
-            // Every holder, the faulting ones too, first stops reading the old Zero entry (Invalid: it faults and
-            // waits for this disk's lock); only then may anyone write the new segment. Pushing the new entry instead
-            // let a holder that applied it write and acknowledge while another, or the faulting host itself, still
-            // read zeros (found by the deterministic simulation). Holders load the new entry on their next fault;
-            // the faulting session gets it in its answer.
-            pushes.Add(PushAsync(disk.Id, s, 1, MapEntry.Invalid, blocking: false, except: null));
-        }
-        await Task.WhenAll(pushes).ConfigureAwait(false);
+        foreach (var (s, entry, _) in taken) LogAllocated(_log, disk.Name, s, entry.ToString());
+        // Every holder, the faulting ones too, first stops reading the old Zero entry (Invalid: it faults and
+        // waits for this disk's lock); only then may anyone write the new segment. Pushing the new entry instead
+        // let a holder that applied it write and acknowledge while another, or the faulting host itself, still
+        // read zeros (found by the deterministic simulation). Holders load the new entry on their next fault;
+        // the faulting session gets it (and the window around it) in its answer. One command per run of segments.
+        await PushInvalidRunsAsync(disk.Id, taken.Select(t => t.Segment)).ConfigureAwait(false);
         return Retry(fault, disk, segment, false);
     }
 
