@@ -67,6 +67,18 @@ public partial class SimulationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Regression_a_snapshot_whose_caller_saw_a_crash_is_judged_by_the_store()
+    {
+        // Seed 5000292 with 3000 steps: d0@s6 completed while a power loss was taking the controller down, so its
+        // caller could not look it up and the model never learned it exists; the sharing check then flagged its
+        // (legitimately shared) units. The model now resolves such calls from the store after the next start.
+        var (exit, stdout) = await RunAsync("--seed 5000292 --steps 3000");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Matches("sim.ambiguous_admin_ops_adopted=[1-9]", stdout);
+        Assert.Equal(0, exit);
+    }
+
+    [Fact]
     public async Task A_seed_replays_bit_for_bit()
     {
         var first = await RunAsync("--seed 11 --steps 1500");

@@ -21,6 +21,7 @@ public sealed class DiskModel
     private readonly Dictionary<long, WriteRec> _inflight = new();
     private readonly Dictionary<WriteRec, long> _lingering = new();
     private readonly Checker _checker;
+    public Checker Checker => _checker;
 
     public DiskModel(Checker checker, ulong diskId, string name, long sizeBytes)
     {

@@ -229,7 +229,7 @@ public sealed partial class Simulation
         if (Controller is not null) CrashController(injected: false);
         int reverted = 0;
         foreach (var c in _containers.Values) reverted += c.PowerLoss(_r);
-        foreach (var d in _disks.Union(_snapshotModels)) d.PowerLoss(); // snapshots share the parent's unflushed sectors
+        foreach (var d in _disks.Union(_snapshotModels).Union(AmbiguousModels())) d.PowerLoss(); // snapshots share the parent's unflushed sectors
         TraceLine($"power loss: {reverted} unflushed sectors reverted");
     }
 

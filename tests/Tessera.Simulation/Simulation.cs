@@ -222,6 +222,7 @@ public sealed partial class Simulation : IDisposable
         _admin = new AdminService(Controller, NullLoggerFactory.Instance);
         _snapshots = new SnapshotService(Controller, NullLoggerFactory.Instance);
         TraceLine($"controller incarnation {ControllerIncarnation} started");
+        ResolveAmbiguousAdminOps();
     }
 
     public SimContainerHandle OpenContainer(string uri, SimOwner owner)
