@@ -17,6 +17,8 @@ public partial class SimulationTests(ITestOutputHelper output)
     // Under a minute on an idle core; a few on a heavily loaded 2-core machine.
     private const string SmokeSeeds = "1..20";
     private const int SmokeSeedCount = 20;
+    private const string ExtendedSmokeSeeds = "1..30";
+    private const int ExtendedSmokeSeedCount = 30;
 
     [GeneratedRegex(@"^seed (\d+): .* trace=([0-9a-f]{16})$", RegexOptions.Multiline)]
     private static partial Regex TraceLine();
@@ -24,7 +26,7 @@ public partial class SimulationTests(ITestOutputHelper output)
     [Fact]
     public async Task Smoke_seeds_hold_every_invariant()
     {
-        var (exit, stdout) = await RunAsync($"--seeds {SmokeSeeds} --steps 1500");
+        var (exit, stdout) = await RunAsync($"--seeds {SmokeSeeds} --steps 1500 --classic");
         Assert.Contains($"summary: seeds={SmokeSeedCount} failed=0", stdout);
         Assert.Equal(0, exit);
         // The run must have exercised the faults it claims to: every kind was injected somewhere in the set.
@@ -32,12 +34,29 @@ public partial class SimulationTests(ITestOutputHelper output)
             Assert.Matches($"faults: .*{kind}", stdout);
     }
 
+    // The events added later (migration, evacuation, resize, presentation changes, deletion, container loss,
+    // controller-side container errors), with their checks: unpresented volumes refuse I/O, reads past the end fail,
+    // lost segments answer EIO and nothing else, the allocator equals the map, every job ends.
+    [Fact]
+    public async Task Smoke_seeds_with_the_extended_events_hold_every_invariant()
+    {
+        var (exit, stdout) = await RunAsync($"--seeds {ExtendedSmokeSeeds} --steps 1500");
+        Assert.Contains($"summary: seeds={ExtendedSmokeSeedCount} failed=0", stdout);
+        Assert.Equal(0, exit);
+        foreach (var kind in new[] { "container_loss", "controller_container_io_error" })
+            Assert.Matches($"faults: .*{kind}", stdout);
+        foreach (var probe in new[] { "sim.io_on_unpresented_refused", "sim.read_past_end_refused", "sim.cow_during_migration", "sim.migration_jobs_resumed_after_controller_start", "sim.lease_expired_during_blocking_command" })
+            Assert.Matches($"probes: .*{probe}=[1-9]", stdout);
+        foreach (var outcome in new[] { "Job:disk:done", "Job:evacuate:done", "Resize:Ok", "Unpresent:Ok", "Represent:Ok", "DeleteSnapshot:Ok", "DeleteClone:Ok" })
+            Assert.Matches($"outcomes: .*{outcome}=[1-9]", stdout);
+    }
+
     [Fact]
     public async Task Regression_no_stale_zeros_while_a_thin_allocation_is_answered()
     {
         // Seed 2 with 3000 steps read zeros on the faulting host after another host's write to the newly
         // allocated segment was acknowledged (fixed in DiskCoordinator.AllocateAsync: push Invalid to every holder).
-        var (exit, stdout) = await RunAsync("--seed 2 --steps 3000");
+        var (exit, stdout) = await RunAsync("--seed 2 --steps 3000 --classic");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Equal(0, exit);
     }
@@ -48,7 +67,7 @@ public partial class SimulationTests(ITestOutputHelper output)
         // Seed 3000517 with 3000 steps: h3 crashed during a WRITE_ZEROES of whole segments; the controller had
         // committed Zero and was waiting out a partitioned holder's lease, which meanwhile wrote (acknowledged) to the
         // old place. Legal (the zeroing was still pending), but the model ended the op at the crash and flagged zeros.
-        var (exit, stdout) = await RunAsync("--seed 3000517 --steps 3000");
+        var (exit, stdout) = await RunAsync("--seed 3000517 --steps 3000 --classic");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Equal(0, exit);
     }
@@ -61,7 +80,7 @@ public partial class SimulationTests(ITestOutputHelper output)
         // A whole-segment WRITE_ZEROES pushed Zero: the requester, having applied it, answered a second WRITE_ZEROES
         // from its own table while a stalled holder still read and wrote the old place. The release now pushes
         // Invalid. Both seeds report a violation with the Zero push.
-        var (exit, stdout) = await RunAsync($"--seed {seed} --steps 3000");
+        var (exit, stdout) = await RunAsync($"--seed {seed} --steps 3000 --classic");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Equal(0, exit);
     }
@@ -72,7 +91,7 @@ public partial class SimulationTests(ITestOutputHelper output)
         // Seed 5000292 with 3000 steps: d0@s6 completed while a power loss was taking the controller down, so its
         // caller could not look it up and the model never learned it exists; the sharing check then flagged its
         // (legitimately shared) units. The model now resolves such calls from the store after the next start.
-        var (exit, stdout) = await RunAsync("--seed 5000292 --steps 3000");
+        var (exit, stdout) = await RunAsync("--seed 5000292 --steps 3000 --classic");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Matches("sim.ambiguous_admin_ops_adopted=[1-9]", stdout);
         Assert.Equal(0, exit);

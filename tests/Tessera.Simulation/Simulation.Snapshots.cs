@@ -102,8 +102,9 @@ public sealed partial class Simulation
     {
         if (Controller is null || _admin is null) return;
         var admin = _admin;
-        foreach (var snapshot in _snapshotModels)
+        foreach (var snapshot in _snapshotModels.ToList())
         {
+            if (Controller.Store.GetDisk(snapshot.Name) is null) continue; // deleted by a call a crash cut off
             var host = _agents[(int)(snapshot.DiskId % (ulong)_agents.Count)].Host;
             var name = snapshot.Name;
             PoolDriver.Run(() => _ = PresentReadOnlyAsync(admin, name, host, e => _checker.Violation("admin", $"presenting snapshot {name} to {host} failed: {e}")));
