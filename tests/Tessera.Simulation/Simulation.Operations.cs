@@ -24,6 +24,21 @@ public sealed partial class Simulation
     private readonly List<long> _jobs = new();
     private readonly HashSet<string> _presentationBusy = new(StringComparer.Ordinal);
     private bool Extended => !_options.Classic;
+    private readonly Dictionary<string, int> _unpresentsRunning = new(StringComparer.Ordinal);
+
+    /// <summary>
+    /// Invariant 4 while an unpresent is running: the controller stops listing the host as a holder when it sends
+    /// DeleteTable, but it acts on nothing until the host answered or its lease lapsed (it holds the disk's lock until
+    /// then), so the host may still write under its lease.
+    /// </summary>
+    internal bool UnpresentRunning(string host) => _unpresentsRunning.GetValueOrDefault(host) > 0;
+
+    private async Task UnpresentCallAsync(AdminService admin, string disk, string host)
+    {
+        _unpresentsRunning[host] = _unpresentsRunning.GetValueOrDefault(host) + 1;
+        try { await admin.UnpresentDisk(new UnpresentRequest { Disk = disk, Host = host }, Ctx()); }
+        finally { _unpresentsRunning[host]--; }
+    }
 
     /// <summary>Called at the end of the constructor; draws only from its own Random.</summary>
     private void InitExtended(string[] disabled)
@@ -153,8 +168,10 @@ public sealed partial class Simulation
         if (Controller is not { } core || stream.ControllerIncarnation != ControllerIncarnation) return;
         var host = stream.Agent.Host;
         if (!stream.Agent.Alive) return;
-        bool holder = core.Sessions.Get(host) is { } open && open.Incarnation == AgentIncarnation(host);
-        if (!holder) Probe("sim.command_reached_fenced_agent");
+        // Fenced as the controller sees it: no open session of this incarnation, or its lease lapsed (the agent missed
+        // heartbeats, e.g. a silent partition) while a command was still queued to it.
+        bool fenced = core.Sessions.Get(host) is not { } open || open.Incarnation != AgentIncarnation(host) || open.LeaseLapsed;
+        if (fenced) Probe("sim.command_reached_fenced_agent");
     }
 
     // ------------------------------------------------------------------ resize
@@ -230,7 +247,7 @@ public sealed partial class Simulation
     private async Task UnpresentAsync(AdminService admin, DiskModel disk, string host, SimAgentNode agent, Tessera.Agent.DiskVolume? oldVolume)
     {
         string outcome = "ok";
-        try { await admin.UnpresentDisk(new UnpresentRequest { Disk = disk.Name, Host = host }, Ctx()); }
+        try { await UnpresentCallAsync(admin, disk.Name, host); }
         catch (Exception e) { outcome = Describe(e); }
         Count("Unpresent:" + (outcome == "ok" ? "Ok" : "Failed"));
         TraceLine($"admin: unpresent {disk.Name} from {host} -> {outcome}");
@@ -341,7 +358,7 @@ public sealed partial class Simulation
         {
             foreach (var host in _presented[clone.Name].ToList())
             {
-                await admin.UnpresentDisk(new UnpresentRequest { Disk = clone.Name, Host = host }, Ctx());
+                await UnpresentCallAsync(admin, clone.Name, host);
                 _presented[clone.Name].Remove(host);
             }
             await admin.DeleteDisk(new DiskRef { Name = clone.Name }, Ctx());

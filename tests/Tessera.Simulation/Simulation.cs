@@ -304,7 +304,8 @@ public sealed partial class Simulation : IDisposable
         if (owner.AgentHost is { } host && Controller is { } core)
         {
             bool holder = core.Sessions.Get(host) is { } open && open.Incarnation == AgentIncarnation(host)
-                || core.Store.ListDisks().Any(d => core.Sessions.Holding(d.Id, host).Any(s => s.Incarnation == AgentIncarnation(host)));
+                || core.Store.ListDisks().Any(d => core.Sessions.Holding(d.Id, host).Any(s => s.Incarnation == AgentIncarnation(host)))
+                || UnpresentRunning(host);
             if (!holder && _controllerTime.GetElapsedTime(_controllerStartedTimestamp) > TimeSpan.FromMilliseconds(LeaseMs))
                 _checker.Violation("fencing", $"{owner} wrote {length} bytes at {offset} of {handle.Container.Name} while the controller treats it as fenced");
         }
