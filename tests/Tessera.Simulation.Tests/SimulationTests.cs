@@ -98,6 +98,19 @@ public partial class SimulationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Regression_a_table_unpresented_while_its_host_was_disconnected_is_dropped_at_reregistration()
+    {
+        // Seed 6000128 (extended events): d0 was unpresented from h0 while h0's stream was partitioned; the
+        // controller waited out the old session's lease, but h0's process re-registered meanwhile (renewing its lease)
+        // and was sent no CreateTable for d0, so it kept the old table and kept writing: a write after the unpresent
+        // answered Ok and landed. The agent now invalidates every table at registration and drops those the new
+        // session does not re-create before its first HeartbeatAck.
+        var (exit, stdout) = await RunAsync("--seed 6000128 --steps 3000");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Equal(0, exit);
+    }
+
+    [Fact]
     public async Task A_seed_replays_bit_for_bit()
     {
         var first = await RunAsync("--seed 11 --steps 1500");
