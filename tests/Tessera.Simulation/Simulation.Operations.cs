@@ -403,14 +403,18 @@ public sealed partial class Simulation
     }
 
     /// <summary>
-    /// For the final read: a segment whose store entry is Error (its container was marked failed) may fail to read;
+    /// For the final read: a segment whose store entry is Error (its container was marked failed), or that is mapped on
+    /// a lost container, may fail to read;
     /// its sectors are then not judged (an error is the right answer for lost data; no value was returned).
     /// </summary>
     private bool SegmentLost(DiskModel disk, long segment)
     {
         if (Controller is null) return false;
         var entry = Controller.Store.GetEntry(disk.DiskId, segment);
-        return (entry.States & EntryStates.Error) != 0;
+        if ((entry.States & EntryStates.Error) != 0) return true;
+        // On a lost container the controller has not noticed yet (no I/O there since): EIO is the right answer too.
+        return entry.HasLocation && Controller.Store.ListContainers().FirstOrDefault(c => c.Id == entry.ContainerId) is { } row
+            && _containers.TryGetValue(row.Name, out var container) && container.Lost;
     }
 
     /// <summary>
