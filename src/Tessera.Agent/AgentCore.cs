@@ -97,7 +97,8 @@ public sealed partial class AgentCore : IFaultSink
         HeartbeatIntervalMs = (int)registered.HeartbeatIntervalMs;
         ControllerEpoch = registered.ControllerEpoch;
         foreach (var c in registered.Containers) Containers.Upsert(c.Id, c.Name, c.Uri, c.Failed);
-        RenewLease(_time.GetTimestamp());
+        ExtendLease(_time.GetTimestamp());
+        ExpectTablesReconfirmed();
         lock (_linkLock) _link = link;
         Log.Registered(_logger, HostName, registered.ControllerEpoch, LeaseMs);
         // Faults sent on a previous link may have been lost with it: send them again (ids are unique per agent).
@@ -116,6 +117,12 @@ public sealed partial class AgentCore : IFaultSink
 
     /// <summary>Called when a heartbeat sent at <paramref name="sentTimestamp"/> was acknowledged.</summary>
     public void RenewLease(long sentTimestamp)
+    {
+        DropUnconfirmedTables();
+        ExtendLease(sentTimestamp);
+    }
+
+    private void ExtendLease(long sentTimestamp)
     {
         long expires = sentTimestamp + (long)(LeaseMs * LeaseSafetyFraction * _time.TimestampFrequency / 1000);
         lock (_linkLock)
@@ -306,6 +313,7 @@ public sealed partial class AgentCore : IFaultSink
             {
                 case Command.OpOneofCase.CreateTable:
                     volume = CreateTable(command.DiskId, command.CreateTable);
+                    TableReconfirmed(command.DiskId);
                     break;
                 case Command.OpOneofCase.DeleteTable:
                     volume = DeleteTable(command.DiskId);
@@ -441,6 +449,9 @@ public sealed partial class AgentCore : IFaultSink
 
         [LoggerMessage(104, LogLevel.Information, "table for disk {Name} (id {DiskId}) deleted")]
         public static partial void TableDeleted(ILogger logger, string name, ulong diskId);
+
+        [LoggerMessage(109, LogLevel.Warning, "disk {DiskId} is no longer presented here (the controller did not re-create its table at registration): table dropped")]
+        public static partial void TableDroppedAtRegistration(ILogger logger, ulong diskId);
 
         [LoggerMessage(105, LogLevel.Warning, "map fault on disk {Name} segment {Segment} got no answer in {TimeoutMs} ms: failing the I/O")]
         public static partial void FaultTimedOut(ILogger logger, string name, long segment, int timeoutMs);

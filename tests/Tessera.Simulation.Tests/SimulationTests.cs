@@ -17,6 +17,8 @@ public partial class SimulationTests(ITestOutputHelper output)
     // Under a minute on an idle core; a few on a heavily loaded 2-core machine.
     private const string SmokeSeeds = "1..20";
     private const int SmokeSeedCount = 20;
+    private const string ExtendedSmokeSeeds = "1..30";
+    private const int ExtendedSmokeSeedCount = 30;
 
     [GeneratedRegex(@"^seed (\d+): .* trace=([0-9a-f]{16})$", RegexOptions.Multiline)]
     private static partial Regex TraceLine();
@@ -24,7 +26,7 @@ public partial class SimulationTests(ITestOutputHelper output)
     [Fact]
     public async Task Smoke_seeds_hold_every_invariant()
     {
-        var (exit, stdout) = await RunAsync($"--seeds {SmokeSeeds} --steps 1500");
+        var (exit, stdout) = await RunAsync($"--seeds {SmokeSeeds} --steps 1500 --classic");
         Assert.Contains($"summary: seeds={SmokeSeedCount} failed=0", stdout);
         Assert.Equal(0, exit);
         // The run must have exercised the faults it claims to: every kind was injected somewhere in the set.
@@ -32,12 +34,29 @@ public partial class SimulationTests(ITestOutputHelper output)
             Assert.Matches($"faults: .*{kind}", stdout);
     }
 
+    // The events added later (migration, evacuation, resize, presentation changes, deletion, container loss,
+    // controller-side container errors), with their checks: unpresented volumes refuse I/O, reads past the end fail,
+    // lost segments answer EIO and nothing else, the allocator equals the map, every job ends.
+    [Fact]
+    public async Task Smoke_seeds_with_the_extended_events_hold_every_invariant()
+    {
+        var (exit, stdout) = await RunAsync($"--seeds {ExtendedSmokeSeeds} --steps 1500");
+        Assert.Contains($"summary: seeds={ExtendedSmokeSeedCount} failed=0", stdout);
+        Assert.Equal(0, exit);
+        foreach (var kind in new[] { "container_loss", "controller_container_io_error" })
+            Assert.Matches($"faults: .*{kind}", stdout);
+        foreach (var probe in new[] { "sim.io_on_unpresented_refused", "sim.read_past_end_refused", "sim.cow_during_migration", "sim.migration_jobs_resumed_after_controller_start", "sim.lease_expired_during_blocking_command" })
+            Assert.Matches($"probes: .*{probe}=[1-9]", stdout);
+        foreach (var outcome in new[] { "Job:disk:done", "Job:evacuate:done", "Resize:Ok", "Unpresent:Ok", "Represent:Ok", "DeleteSnapshot:Ok", "DeleteClone:Ok" })
+            Assert.Matches($"outcomes: .*{outcome}=[1-9]", stdout);
+    }
+
     [Fact]
     public async Task Regression_no_stale_zeros_while_a_thin_allocation_is_answered()
     {
         // Seed 2 with 3000 steps read zeros on the faulting host after another host's write to the newly
         // allocated segment was acknowledged (fixed in DiskCoordinator.AllocateAsync: push Invalid to every holder).
-        var (exit, stdout) = await RunAsync("--seed 2 --steps 3000");
+        var (exit, stdout) = await RunAsync("--seed 2 --steps 3000 --classic");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Equal(0, exit);
     }
@@ -50,7 +69,7 @@ public partial class SimulationTests(ITestOutputHelper output)
         // old place. Legal (the zeroing was still pending), but the model ended the op at the crash and flagged zeros.
         // Since the sim runs the real ControllerConnection the seed no longer reaches that interleaving (it passes with
         // the model's rule taken out too); kept as a fault-heavy smoke seed (docs/reliability.md).
-        var (exit, stdout) = await RunAsync("--seed 3000517 --steps 3000");
+        var (exit, stdout) = await RunAsync("--seed 3000517 --steps 3000 --classic");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Equal(0, exit);
     }
@@ -64,7 +83,44 @@ public partial class SimulationTests(ITestOutputHelper output)
         // from its own table while a stalled holder still read and wrote the old place. The release now pushes
         // Invalid. Both seeds reported a violation with the Zero push on the build that found them; since the sim runs
         // the real ControllerConnection they no longer reach it (AgentChannelTests still prove the fix).
-        var (exit, stdout) = await RunAsync($"--seed {seed} --steps 3000");
+        var (exit, stdout) = await RunAsync($"--seed {seed} --steps 3000 --classic");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Equal(0, exit);
+    }
+
+    [Fact]
+    public async Task Regression_a_snapshot_whose_caller_saw_a_crash_is_judged_by_the_store()
+    {
+        // Seed 5000292 with 3000 steps: d0@s6 completed while a power loss was taking the controller down, so its
+        // caller could not look it up and the model never learned it exists; the sharing check then flagged its
+        // (legitimately shared) units. The model now resolves such calls from the store after the next start.
+        var (exit, stdout) = await RunAsync("--seed 5000292 --steps 3000 --classic");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Matches("sim.ambiguous_admin_ops_adopted=[1-9]", stdout);
+        Assert.Equal(0, exit);
+    }
+
+    [Fact]
+    public async Task Regression_a_table_unpresented_while_its_host_was_disconnected_is_dropped_at_reregistration()
+    {
+        // Seed 6000128 (extended events): d0 was unpresented from h0 while h0's stream was partitioned; the
+        // controller waited out the old session's lease, but h0's process re-registered meanwhile (renewing its lease)
+        // and was sent no CreateTable for d0, so it kept the old table and kept writing: a write after the unpresent
+        // answered Ok and landed. The agent now invalidates every table at registration and drops those the new
+        // session does not re-create before its first HeartbeatAck.
+        var (exit, stdout) = await RunAsync("--seed 6000128 --steps 3000");
+        Assert.Contains("summary: seeds=1 failed=0", stdout);
+        Assert.Equal(0, exit);
+    }
+
+    [Fact]
+    public async Task Regression_no_write_is_acknowledged_after_a_restart_while_an_unregistered_host_may_read_stale_zeros()
+    {
+        // Seed 6100046 (extended events): the previous controller persisted an allocation of d1 segment 11 and crashed
+        // while waiting out partitioned h0; the new controller answered h1's resent write fault from the store at once,
+        // h1's write was acknowledged, and h0 (not registered yet, lease still valid) read zeros from its old table.
+        // Fault answers now wait out the first lease while a presented host has not registered.
+        var (exit, stdout) = await RunAsync("--seed 6100046 --steps 3000");
         Assert.Contains("summary: seeds=1 failed=0", stdout);
         Assert.Equal(0, exit);
     }

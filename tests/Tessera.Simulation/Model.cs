@@ -15,12 +15,13 @@ public sealed class DiskModel
     public const int SectorBytes = 512;
     private static readonly ulong Magic = 0x315F4D4953534554; // "TESSIM_1"
 
-    private readonly HashSet<long>[] _possible;
-    private readonly HashSet<long>[] _durable;
+    private HashSet<long>[] _possible;
+    private HashSet<long>[] _durable;
     private readonly List<ReadRec> _activeReads = new();
     private readonly Dictionary<long, WriteRec> _inflight = new();
     private readonly Dictionary<WriteRec, long> _lingering = new();
     private readonly Checker _checker;
+    public Checker Checker => _checker;
 
     public DiskModel(Checker checker, ulong diskId, string name, long sizeBytes)
     {
@@ -52,7 +53,7 @@ public sealed class DiskModel
     public bool ReadOnly { get; }
     public ulong DiskId { get; }
     public string Name { get; }
-    public long Sectors { get; }
+    public long Sectors { get; private set; }
     public int InflightWrites => _inflight.Count;
 
     // ---- writes
@@ -133,6 +134,25 @@ public sealed class DiskModel
         }
     }
 
+    /// <summary>The disk grew to <paramref name="sizeBytes"/>: the new sectors read as zeros until written.</summary>
+    public void Grow(long sizeBytes)
+    {
+        long sectors = sizeBytes / SectorBytes;
+        if (sectors <= Sectors) return;
+        var possible = new HashSet<long>[sectors];
+        var durable = new HashSet<long>[sectors];
+        Array.Copy(_possible, possible, Sectors);
+        Array.Copy(_durable, durable, Sectors);
+        for (long s = Sectors; s < sectors; s++)
+        {
+            possible[s] = [0];
+            durable[s] = [0];
+        }
+        _possible = possible;
+        _durable = durable;
+        Sectors = sectors;
+    }
+
     // ---- reads
 
     public ReadRec StartRead(string agent, long firstSector, int count)
@@ -153,9 +173,10 @@ public sealed class DiskModel
     public (HashSet<long>[] Possible, HashSet<long>[] Durable) SnapshotImage(ReadRec r)
     {
         _activeReads.Remove(r);
-        var possible = new HashSet<long>[Sectors];
-        var durable = new HashSet<long>[Sectors];
-        for (long s = 0; s < Sectors; s++)
+        // The span's length, not the disk's: a grow that raced with the snapshot adds only zeros past it.
+        var possible = new HashSet<long>[r.Count];
+        var durable = new HashSet<long>[r.Count];
+        for (long s = 0; s < r.Count; s++)
         {
             possible[s] = [.. r.Allowed![s]];
             foreach (var w in r.Concurrent)
@@ -168,7 +189,7 @@ public sealed class DiskModel
     public (HashSet<long>[] Possible, HashSet<long>[] Durable) CurrentImage() => (_possible, _durable);
 
     /// <summary>Judges the bytes a successful read returned. False (and a violation recorded) when any sector is not allowed.</summary>
-    public bool EndRead(ReadRec r, ReadOnlySpan<byte> data, bool ok, string what)
+    public bool EndRead(ReadRec r, ReadOnlySpan<byte> data, bool ok, string what, Func<long, bool>? unread = null)
     {
         _activeReads.Remove(r);
         if (!ok) return true;
@@ -176,6 +197,7 @@ public sealed class DiskModel
         for (int i = 0; i < r.Count; i++)
         {
             long sector = r.FirstSector + i;
+            if (unread is not null && unread(sector)) continue;
             var allowed = r.Allowed![i];
             foreach (var w in r.Concurrent)
                 if (sector >= w.FirstSector && sector < w.FirstSector + w.Count) allowed.Add(w.Id);

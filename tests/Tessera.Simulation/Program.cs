@@ -6,6 +6,7 @@ long firstSeed = 1, lastSeed = 1;
 int steps = 3000;
 double minutes = 0;
 bool trace = false;
+bool classic = false; // without the events added after the first build (migration, resize, ...): old seeds replay exactly
 string? plant = Environment.GetEnvironmentVariable("TESSERA_SIM_PLANT_BUG");
 for (int i = 0; i < args.Length; i++)
 {
@@ -20,9 +21,10 @@ for (int i = 0; i < args.Length; i++)
         case "--steps" or "--ops": steps = int.Parse(args[++i]); break;
         case "--minutes": minutes = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--trace": trace = true; break;
+        case "--classic": classic = true; break;
         case "--plant-bug": plant = args[++i]; break;
         default:
-            Console.Error.WriteLine("usage: Tessera.Simulation [--seed N | --seeds A..B] [--steps N] [--minutes M] [--trace] [--plant-bug lose-write]");
+            Console.Error.WriteLine("usage: Tessera.Simulation [--seed N | --seeds A..B] [--steps N] [--minutes M] [--trace] [--classic] [--plant-bug lose-write]");
             return 2;
     }
 }
@@ -39,14 +41,14 @@ for (long seed = firstSeed; seed <= lastSeed; seed++)
     SimResult result;
     try
     {
-        using var sim = new Simulation(new SimOptions(seed, steps, trace, plant));
+        using var sim = new Simulation(new SimOptions(seed, steps, trace, plant, classic));
         result = sim.Run();
     }
     catch (TimeoutException e)
     {
         // The only worker is stuck in product code: this process cannot run anything else.
         Console.WriteLine($"seed {seed}: HANG {e.Message}");
-        Console.WriteLine($"  replay: DOTNET_PROCESSOR_COUNT=1 dotnet tests/Tessera.Simulation/bin/Release/net10.0/Tessera.Simulation.dll --seed {seed} --steps {steps} --trace");
+        Console.WriteLine($"  replay: DOTNET_PROCESSOR_COUNT=1 dotnet tests/Tessera.Simulation/bin/Release/net10.0/Tessera.Simulation.dll --seed {seed} --steps {steps} --trace{(classic ? " --classic" : "")}");
         return 3;
     }
     seeds++;
@@ -60,7 +62,7 @@ for (long seed = firstSeed; seed <= lastSeed; seed++)
     {
         failed++;
         foreach (var v in result.Violations.Take(10)) Console.WriteLine("  " + v);
-        Console.WriteLine($"  replay: DOTNET_PROCESSOR_COUNT=1 dotnet tests/Tessera.Simulation/bin/Release/net10.0/Tessera.Simulation.dll --seed {seed} --steps {steps} --trace{(plant is null ? "" : " --plant-bug " + plant)}");
+        Console.WriteLine($"  replay: DOTNET_PROCESSOR_COUNT=1 dotnet tests/Tessera.Simulation/bin/Release/net10.0/Tessera.Simulation.dll --seed {seed} --steps {steps} --trace{(classic ? " --classic" : "")}{(plant is null ? "" : " --plant-bug " + plant)}");
     }
 }
 double wallMinutes = wall.Elapsed.TotalMinutes;

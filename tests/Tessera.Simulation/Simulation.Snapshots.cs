@@ -54,7 +54,12 @@ public sealed partial class Simulation
         _adminRunning--;
         _result.Outcomes["Snapshot:" + (outcome == "ok" ? "Ok" : "Failed")] = _result.Outcomes.GetValueOrDefault("Snapshot:" + (outcome == "ok" ? "Ok" : "Failed")) + 1;
         TraceLine($"admin: snapshot {parent.Name}@{name} -> {outcome}");
-        if (outcome != "ok" || Controller?.Store.GetDisk(ControllerStore.SnapshotRef(parent.Name, name)) is not { } row) return;
+        if (outcome != "ok" || Controller?.Store.GetDisk(ControllerStore.SnapshotRef(parent.Name, name)) is not { } row)
+        {
+            // Cut off by a crash (or answered while the controller was dying): it may be ready or rolled back.
+            Unresolved(new AmbiguousAdminOp(AmbiguousKind.Snapshot, ControllerStore.SnapshotRef(parent.Name, name), parent, image));
+            return;
+        }
         _checker.SetLineage(row.Id, parent.DiskId);
         _snapshotModels.Add(new DiskModel(_checker, row.Id, row.Name, image, readOnly: true));
     }
@@ -72,6 +77,7 @@ public sealed partial class Simulation
         TraceLine($"admin: clone {name} -> {outcome}");
         if (view is null)
         {
+            Unresolved(new AmbiguousAdminOp(AmbiguousKind.Clone, name, snapshot, snapshot.CurrentImage()));
             _adminRunning--;
             return;
         }
@@ -96,8 +102,9 @@ public sealed partial class Simulation
     {
         if (Controller is null || _admin is null) return;
         var admin = _admin;
-        foreach (var snapshot in _snapshotModels)
+        foreach (var snapshot in _snapshotModels.ToList())
         {
+            if (Controller.Store.GetDisk(snapshot.Name) is null) continue; // deleted by a call a crash cut off
             var host = _agents[(int)(snapshot.DiskId % (ulong)_agents.Count)].Host;
             var name = snapshot.Name;
             PoolDriver.Run(() => _ = PresentReadOnlyAsync(admin, name, host, e => _checker.Violation("admin", $"presenting snapshot {name} to {host} failed: {e}")));

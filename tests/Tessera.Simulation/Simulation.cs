@@ -12,7 +12,8 @@ using Tessera.Core.Protocol;
 
 namespace Tessera.Simulation;
 
-public sealed record SimOptions(long Seed, int Steps = 3000, bool Trace = false, string? PlantedBug = null);
+/// <param name="Classic">Without the events added later (Simulation.Operations.cs): a seed then replays the run it made before them.</param>
+public sealed record SimOptions(long Seed, int Steps = 3000, bool Trace = false, string? PlantedBug = null, bool Classic = false);
 
 public sealed class SimResult
 {
@@ -100,6 +101,7 @@ public sealed partial class Simulation : IDisposable
         if (disabled.Contains("hold")) _holdRate = 0;
         if (disabled.Contains("errors")) _containerErrorRate = 0;
         if (disabled.Contains("admin")) _wAdmin = 0;
+        InitExtended(disabled);
         lock (s_schemeLock)
         {
             s_current = this;
@@ -109,7 +111,11 @@ public sealed partial class Simulation : IDisposable
         {
             if (instrument.Meter.Name.StartsWith("Tessera", StringComparison.Ordinal)) listener.EnableMeasurementEvents(instrument);
         };
-        _meters.SetMeasurementEventCallback<long>((instrument, value, _, _) => Probe(instrument.Name, value));
+        _meters.SetMeasurementEventCallback<long>((instrument, value, _, _) =>
+        {
+            Probe(instrument.Name, value);
+            if (Extended) ProbeExtended(instrument.Name, value);
+        });
         _meters.Start();
     }
 
@@ -235,6 +241,9 @@ public sealed partial class Simulation : IDisposable
         _admin = new AdminService(Controller, NullLoggerFactory.Instance);
         _snapshots = new SnapshotService(Controller, NullLoggerFactory.Instance);
         TraceLine($"controller incarnation {ControllerIncarnation} started");
+        ResolveAmbiguousAdminOps();
+        ProbeResumedJobs();
+        ResyncPresentations();
     }
 
     public SimContainerHandle OpenContainer(string uri, SimOwner owner)
@@ -274,6 +283,7 @@ public sealed partial class Simulation : IDisposable
     internal ValueTask<IoStatus> ContainerOp(SimContainerHandle handle, ContainerOpKind kind, Func<IoStatus> apply)
     {
         if (handle.Container.Lost) return new(IoStatus.IoError);
+        if (ControllerIoError(handle, kind)) return new(IoStatus.IoError);
         if (_faultsOn && _containerErrorRate > 0 && kind != ContainerOpKind.Flush && handle.Owner.AgentHost != null && _r.NextDouble() < _containerErrorRate)
         {
             Fault("container_io_error");
@@ -307,7 +317,8 @@ public sealed partial class Simulation : IDisposable
         if (owner.AgentHost is { } host && Controller is { } core)
         {
             bool holder = core.Sessions.Get(host) is { } open && open.Incarnation == AgentIncarnation(host)
-                || core.Store.ListDisks().Any(d => core.Sessions.Holding(d.Id, host).Any(s => s.Incarnation == AgentIncarnation(host)));
+                || core.Store.ListDisks().Any(d => core.Sessions.Holding(d.Id, host).Any(s => s.Incarnation == AgentIncarnation(host)))
+                || UnpresentRunning(host);
             if (!holder && _controllerTime.GetElapsedTime(_controllerStartedTimestamp) > TimeSpan.FromMilliseconds(LeaseMs))
                 _checker.Violation("fencing", $"{owner} wrote {length} bytes at {offset} of {handle.Container.Name} while the controller treats it as fenced");
         }

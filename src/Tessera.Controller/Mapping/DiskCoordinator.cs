@@ -179,13 +179,21 @@ public sealed partial class DiskCoordinator
             // Every holder, the requester included, got Invalid through the blocking push; the answer carries Zero.
             return Retry(fault, disk, segment, false);
         }
-        if (!fault.Write) return Retry(fault, disk, segment, presentation.ReadOnly);
+        // In the first lease after a start, a host that has not registered yet may still serve I/O from the previous
+        // controller's table, which may predate a change that controller persisted but had not finished pushing (an
+        // allocation: that host still reads Zero). Until the lease is over, hand out entries without write permission
+        // and make write faults wait, so no write is acknowledged while a stale reader may exist.
+        var unregistered = UnregisteredHolderGrace(disk.Id, host: null);
+        if (!fault.Write) return Retry(fault, disk, segment, presentation.ReadOnly || unregistered > TimeSpan.Zero);
         var entry = _store.GetEntry(disk.Id, segment);
         if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
 
         var states = entry.States;
         if (states == EntryStates.None || (states & EntryStates.Error) != 0)
+        {
+            await WaitAsync(unregistered).ConfigureAwait(false);
             return Retry(fault, disk, segment, false); // stale agent entry, or Error: the agent fails the write with EIO
+        }
         if ((states & EntryStates.Zero) != 0)
             return await AllocateAsync(session, fault, disk, segment).ConfigureAwait(false);
         if ((states & EntryStates.NoWrite) != 0)

@@ -218,8 +218,10 @@ public sealed partial class MigrationRunner
                     }
                     else if (result.Error is not null)
                     {
+                        // Probe before marking it failed, as for every other error report: one transient error in a copy
+                        // must not fail a container (every segment on it would answer EIO for good).
                         if (result.FailedContainer != 0)
-                            await _core.Coordinator.MarkContainerFailedAsync(result.FailedContainer, "migration: " + result.Error).ConfigureAwait(false);
+                            await _core.Coordinator.OnContainerErrorReported(result.FailedContainer, $"migration job {job.Id}", result.Error).ConfigureAwait(false);
                         Finish(job.Id, "failed", result.Error);
                         return;
                     }
