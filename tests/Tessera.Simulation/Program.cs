@@ -6,6 +6,7 @@ long firstSeed = 1, lastSeed = 1;
 int steps = 3000;
 double minutes = 0;
 bool trace = false;
+var findProbes = new List<string>(); // named on each seed's line when they fired: finds seeds that reach a rare path
 bool classic = false; // without the events added after the first build (migration, resize, ...): old seeds replay exactly
 string? plant = Environment.GetEnvironmentVariable("TESSERA_SIM_PLANT_BUG");
 for (int i = 0; i < args.Length; i++)
@@ -22,9 +23,10 @@ for (int i = 0; i < args.Length; i++)
         case "--minutes": minutes = double.Parse(args[++i], System.Globalization.CultureInfo.InvariantCulture); break;
         case "--trace": trace = true; break;
         case "--classic": classic = true; break;
+        case "--find-probe": findProbes.Add(args[++i]); break;
         case "--plant-bug": plant = args[++i]; break;
         default:
-            Console.Error.WriteLine("usage: Tessera.Simulation [--seed N | --seeds A..B] [--steps N] [--minutes M] [--trace] [--classic] [--plant-bug lose-write]");
+            Console.Error.WriteLine("usage: Tessera.Simulation [--seed N | --seeds A..B] [--steps N] [--minutes M] [--trace] [--classic] [--find-probe NAME]... [--plant-bug lose-write]");
             return 2;
     }
 }
@@ -57,7 +59,7 @@ for (long seed = firstSeed; seed <= lastSeed; seed++)
     foreach (var (k, v) in result.Faults) faults[k] = faults.GetValueOrDefault(k) + v;
     foreach (var (k, v) in result.Probes) probes[k] = probes.GetValueOrDefault(k) + v;
     foreach (var (k, v) in result.Outcomes) outcomes[k] = outcomes.GetValueOrDefault(k) + v;
-    Console.WriteLine($"seed {seed}: {(result.Violations.Count == 0 ? "ok" : "VIOLATION")} agents={result.Agents} containers={result.Containers} disks={result.Disks} ops={result.ClientOps} faults={result.Faults.Values.Sum()} simulated={result.SimulatedMs}ms trace={result.TraceHash:x16}");
+    Console.WriteLine($"seed {seed}: {(result.Violations.Count == 0 ? "ok" : "VIOLATION")} agents={result.Agents} containers={result.Containers} disks={result.Disks} ops={result.ClientOps} faults={result.Faults.Values.Sum()} simulated={result.SimulatedMs}ms trace={result.TraceHash:x16}{string.Concat(findProbes.Where(p => result.Probes.GetValueOrDefault(p) > 0).Select(p => $" {p}={result.Probes[p]}"))}");
     if (result.Violations.Count > 0)
     {
         failed++;
