@@ -206,7 +206,10 @@ public sealed partial class Simulation
         foreach (var c in _containers.Values) ContainerRegistry.Shared.Close(c.Uri);
         foreach (var s in _streams.ToList()) PoolDriver.Run(() => s.Break("controller crashed"));
         // Not a clean shutdown: nothing is flushed or handed over; Dispose only releases the store file so the next
-        // incarnation can open it (SQLite commits are durable, so the store is what a crash would leave).
+        // incarnation can open it (SQLite commits are durable, so the store is what a crash would leave). The stop's
+        // continuations run first, on the one worker, so whatever they do happens before the store closes, in seed order.
+        core.Stop();
+        PoolDriver.WaitIdle();
         core.Dispose();
         PoolDriver.WaitIdle();
         At(_r.Next(10, 15_000), () => { if (Controller is null) PoolDriver.Run(StartController); });

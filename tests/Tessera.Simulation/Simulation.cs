@@ -235,6 +235,9 @@ public sealed partial class Simulation : IDisposable
             DataDirectory = Path.Combine(_dir, "controller"),
             LeaseMs = LeaseMs,
             HeartbeatIntervalMs = HeartbeatIntervalMs,
+            // A crash waits for nothing: a job step blocked on simulated time cannot end (the dead controller's clock no
+            // longer fires), so the default 10 s wall-clock wait was spent whole at every crash during a migration.
+            StopWaitForJobsMs = 0,
             TimeProvider = _controllerTime,
         }, NullLoggerFactory.Instance);
         _channel = new AgentChannelService(Controller, NullLoggerFactory.Instance);

@@ -126,7 +126,7 @@ public sealed partial class MigrationRunner
     /// <summary>Waits for the loop to notice the stop (the core's token was cancelled).</summary>
     public void WaitStopped()
     {
-        try { _loop.Wait(TimeSpan.FromSeconds(10)); }
+        try { _loop.Wait(TimeSpan.FromMilliseconds(_core.Options.StopWaitForJobsMs)); }
         catch (AggregateException) { }
     }
 
