@@ -46,6 +46,15 @@ internal sealed class FakeController : IControllerLink
     public int SegmentSizeBytes { get; }
     public DiskVolume Volume => Core.FindVolume("d1")!;
 
+    /// <summary>What a reconnect does: the old link goes, a new session registers (tables must be re-created by it).</summary>
+    public void Reregister()
+    {
+        Core.OnDisconnected(this, "test: link lost");
+        var registered = new Registered { ControllerEpoch = 2, LeaseMs = 10_000, HeartbeatIntervalMs = 1_000 };
+        registered.Containers.Add(new ContainerInfo { Id = 1, Name = "c1", Uri = Container.Uri });
+        Core.OnRegistered(this, registered);
+    }
+
     public void Send(AgentMessage message)
     {
         switch (message.BodyCase)

@@ -23,7 +23,7 @@ public class ReregistrationTableTests
         var volume = c.Volume;
         Assert.Equal(IoStatus.Ok, await volume.WriteAsync(0, Pattern.For(0, SegmentBytes, 1), default));
 
-        Reregister(c); // the disk was unpresented meanwhile: no CreateTable for it
+        c.Reregister(); // the disk was unpresented meanwhile: no CreateTable for it
         c.Core.RenewLease(c.Time.GetTimestamp());
 
         Assert.Null(c.Core.FindVolume("d1"));
@@ -38,7 +38,7 @@ public class ReregistrationTableTests
         var c = new FakeController(segmentSizeBytes: SegmentBytes);
         Assert.Equal(IoStatus.Ok, await c.Volume.WriteAsync(0, Pattern.For(0, SegmentBytes, 1), default));
 
-        Reregister(c);
+        c.Reregister();
         var recreate = c.Command(new Command { DiskId = FakeController.DiskId, CreateTable = new CreateTable { Name = "d1", SizeBytes = 4 << 20, SegmentSizeBytes = SegmentBytes } });
         Assert.True((await recreate.WaitAsync(Timeout)).Ok);
         int faultsBefore = c.Faults.Count;
@@ -49,14 +49,6 @@ public class ReregistrationTableTests
         Assert.Equal(IoStatus.Ok, await volume.ReadAsync(0, read, null, default).AsTask().WaitAsync(Timeout));
         Assert.Equal(Pattern.For(0, SegmentBytes, 1), read);
         Assert.True(c.Faults.Count > faultsBefore, "the kept table was invalidated at registration, so the read had to fault");
-    }
-
-    private static void Reregister(FakeController c)
-    {
-        c.Core.OnDisconnected(c, "test: link lost");
-        var registered = new Registered { ControllerEpoch = 2, LeaseMs = 10_000, HeartbeatIntervalMs = 1_000 };
-        registered.Containers.Add(new ContainerInfo { Id = 1, Name = "c1", Uri = c.Container.Uri });
-        c.Core.OnRegistered(c, registered);
     }
 
     private static async Task<byte[]> ContainerBytesAsync(FakeController c, long offset)

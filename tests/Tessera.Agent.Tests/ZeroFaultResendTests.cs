@@ -27,7 +27,7 @@ public class ZeroFaultResendTests
         Assert.Equal(IoStatus.IoError, await trim.WaitAsync(Timeout));
 
         c.Faults.Clear();
-        Reregister(c);
+        c.Reregister();
         Assert.DoesNotContain(c.Faults, f => f.Zero);
     }
 
@@ -40,7 +40,7 @@ public class ZeroFaultResendTests
         Assert.Single(c.Faults, f => f.Zero);
 
         c.Faults.Clear();
-        Reregister(c);
+        c.Reregister();
         var resent = Assert.Single(c.Faults, f => f.Zero);
         c.Answer(resent);
         Assert.Equal(IoStatus.Ok, await trim.WaitAsync(Timeout));
@@ -51,13 +51,5 @@ public class ZeroFaultResendTests
         var c = new FakeController(segmentSizeBytes: SegmentBytes);
         Assert.Equal(IoStatus.Ok, await c.Volume.WriteAsync(0, Pattern.For(0, SegmentBytes, 1), default));
         return c;
-    }
-
-    private static void Reregister(FakeController c)
-    {
-        c.Core.OnDisconnected(c, "test: link lost");
-        var registered = new Registered { ControllerEpoch = 2, LeaseMs = 10_000, HeartbeatIntervalMs = 1_000 };
-        registered.Containers.Add(new ContainerInfo { Id = 1, Name = "c1", Uri = c.Container.Uri });
-        c.Core.OnRegistered(c, registered);
     }
 }
