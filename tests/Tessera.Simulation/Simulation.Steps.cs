@@ -412,7 +412,13 @@ public sealed partial class Simulation
                 d.EndRead(r, image, true, $"final read on {a.Owner}", failedSegments.Count == 0 ? null : sector => failedSegments.Contains(sector * 512 / SegmentBytes));
                 if (first is null) { first = image; firstHost = a.Host; }
                 else if (!first.AsSpan().SequenceEqual(image))
-                    _checker.Violation("read", $"hosts {firstHost} and {a.Host} read different bytes from {d.Name} after the cluster settled");
+                {
+                    long sector = first.AsSpan().CommonPrefixLength(image) / 512, segment = sector * 512 / SegmentBytes;
+                    var firstVolume = _agents.First(x => x.Host == firstHost).Core.FindVolume(d.Name);
+                    _checker.Violation("read", $"hosts {firstHost} and {a.Host} read different bytes from {d.Name} after the cluster settled, first at " +
+                        $"sector {sector} (segment {segment}: {firstHost} holds {firstVolume?.Table.Get(segment)}, {a.Host} holds {volume.Table.Get(segment)}, " +
+                        $"the store {Controller.Store.GetEntry(d.DiskId, segment)})");
+                }
                 _checker.Trace.Add(Fnv(image));
             }
         }
