@@ -36,7 +36,7 @@ public class FirstLeaseWriteGraceTests
         if (sinceRestart.Elapsed < TimeSpan.FromMilliseconds(leaseMs - 100))
             Assert.True((readEntry.States & EntryStates.NoWrite) != 0, $"a read fault {sinceRestart.Elapsed} after the restart got write permission: {readEntry}");
 
-        var write = await a.FaultAndWaitAsync(disk.Id, 0, write: true);
+        var write = await a.KeepAliveWhile(a.FaultAndWaitAsync(disk.Id, 0, write: true));
         Assert.Equal(FaultOutcome.Retry, write.Outcome);
         var writeEntry = new MapEntry(write.Entries[0]);
         Assert.True(writeEntry.HasLocation && (writeEntry.States & EntryStates.NoWrite) == 0, $"after the first lease the write fault gets a writable entry, not {writeEntry}");

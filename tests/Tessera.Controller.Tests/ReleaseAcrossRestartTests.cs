@@ -39,7 +39,7 @@ public class ReleaseAcrossRestartTests
         await c.RestartAsync();
 
         var a = await c.ConnectAsync("a");
-        var r = await a.FaultAndWaitAsync(fresh.Id, 0, write: true);
+        var r = await a.KeepAliveWhile(a.FaultAndWaitAsync(fresh.Id, 0, write: true));
         Assert.Equal(FaultOutcome.Retry, r.Outcome); // held back, not refused: the space comes back after the lease
         var got = new MapEntry(r.Entries[0]);
         Assert.Equal((place.ContainerId, place.PhysicalIndex), (got.ContainerId, got.PhysicalIndex));

@@ -171,6 +171,24 @@ public sealed class FakeAgent : IAsyncDisposable
         return id;
     }
 
+    /// <summary>
+    /// Sends a heartbeat every quarter lease until <paramref name="work"/> ends: a test that waits out a lease (a
+    /// controller's first lease after a restart) must keep this session's own lease alive meanwhile, or the controller
+    /// rightly ends the session first, on a loaded machine at the same moment.
+    /// </summary>
+    public async Task<T> KeepAliveWhile<T>(Task<T> work)
+    {
+        var period = TimeSpan.FromMilliseconds(Math.Max(10, Registered.LeaseMs / 4));
+        while (!work.IsCompleted)
+        {
+            await SendAsync(new AgentMessage { Heartbeat = new Heartbeat { Sequence = (ulong)Interlocked.Increment(ref _nextHeartbeat) } });
+            await Task.WhenAny(work, Task.Delay(period));
+        }
+        return await work;
+    }
+
+    private long _nextHeartbeat = 1 << 20;
+
     /// <summary>Faults and waits for the response to that fault (other messages are skipped).</summary>
     public async Task<FaultResponse> FaultAndWaitAsync(ulong diskId, ulong segment, bool write)
     {
