@@ -430,9 +430,7 @@ public sealed partial class Simulation
         var firstLease = TimeSpan.FromMilliseconds(LeaseMs + 1);
         for (int i = 0; i < 100_000 && _controllerTime.GetElapsedTime(_controllerStartedTimestamp) <= firstLease && PoolDriver.Fatal is null; i++)
         {
-            var deliverable = Deliverable();
-            if (deliverable.Count > 0) Deliver(deliverable[0]);
-            else if (!AdvanceTime()) break;
+            if (!DeliverOrAdvance()) break;
         }
         PoolDriver.WaitIdle();
         var store = core.Store;

@@ -394,9 +394,7 @@ public sealed partial class Simulation
                 PoolDriver.Run(() => _ = ReadAllAsync(volume, image, s => status = s, failedSegments));
                 for (int i = 0; i < 1000 && status == IoStatus.Ok && PendingFinalRead; i++)
                 {
-                    var deliverable = Deliverable();
-                    if (deliverable.Count > 0) Deliver(deliverable[0]);
-                    else AdvanceTime();
+                    DeliverOrAdvance();
                 }
                 // Segments on a failed container answer EIO (their data is lost): legal, and their sectors are not judged.
                 if (status != IoStatus.Ok && !PendingFinalRead && failedSegments.Count > 0 && failedSegments.All(s => SegmentLost(d, s)))
@@ -424,6 +422,18 @@ public sealed partial class Simulation
         }
         CheckPhysicalSharing();
         if (Extended) CheckAllocatorEqualsMap();
+    }
+
+    /// <summary>One step of a cluster left to itself: deliver the first deliverable message, else fire the next timer. False when neither is left.</summary>
+    private bool DeliverOrAdvance()
+    {
+        var deliverable = Deliverable();
+        if (deliverable.Count > 0)
+        {
+            Deliver(deliverable[0]);
+            return true;
+        }
+        return AdvanceTime();
     }
 
     private bool PendingFinalRead;

@@ -1,4 +1,3 @@
-using Tessera.Controller.Agents;
 using Tessera.Controller.Store;
 
 namespace Tessera.Controller.Mapping;
@@ -30,8 +29,7 @@ public sealed partial class DiskCoordinator
     {
         try
         {
-            var firstLeaseLeft = _lease - _time.GetElapsedTime(_startedTimestamp);
-            if (firstLeaseLeft > TimeSpan.Zero) await Task.Delay(AgentSession.RoundUpToMilliseconds(firstLeaseLeft), _time, _stopping).ConfigureAwait(false);
+            await WaitAsync(FirstLeaseRemaining).ConfigureAwait(false);
             _store.ForgetReleasing(held.Select(h => h.Location).ToList());
         }
         catch (Exception e) when (e is OperationCanceledException or ObjectDisposedException or Microsoft.Data.Sqlite.SqliteException)

@@ -335,7 +335,7 @@ public sealed partial class DiskCoordinator
     /// </summary>
     private TimeSpan UnregisteredHolderGrace(ulong diskId, string? host)
     {
-        var remaining = _lease - _time.GetElapsedTime(_startedTimestamp);
+        var remaining = FirstLeaseRemaining;
         if (remaining <= TimeSpan.Zero) return TimeSpan.Zero;
         foreach (var p in _store.ListPresentations(diskId))
         {
@@ -347,6 +347,9 @@ public sealed partial class DiskCoordinator
         }
         return TimeSpan.Zero;
     }
+
+    /// <summary>What is left of this controller's first lease, by when every lease a predecessor granted has lapsed.</summary>
+    private TimeSpan FirstLeaseRemaining => _lease - _time.GetElapsedTime(_startedTimestamp);
 
     private Task WaitAsync(TimeSpan delay) => delay <= TimeSpan.Zero ? Task.CompletedTask : Task.Delay(AgentSession.RoundUpToMilliseconds(delay), _time, _stopping);
 
