@@ -87,6 +87,7 @@ public sealed partial class DiskCoordinator
         _log = logger;
         _stopping = stopping;
         HoldBackInheritedReleases();
+        CountInheritedUnpresents();
     }
 
     /// <summary>Takes a disk's lock. Waiters are queued in call order, so faults are handled in arrival order.</summary>
@@ -330,8 +331,8 @@ public sealed partial class DiskCoordinator
 
     /// <summary>
     /// During the first lease after this controller started: how long to wait for that lease to end, because a host
-    /// to which the disk is presented has not registered here yet and may still serve I/O from a previous
-    /// controller's table. Zero otherwise.
+    /// to which the disk is presented (or was, by an unpresent the previous controller had not finished) has not
+    /// registered here yet and may still serve I/O from a previous controller's table. Zero otherwise.
     /// </summary>
     private TimeSpan UnregisteredHolderGrace(ulong diskId, string? host)
     {
@@ -344,6 +345,11 @@ public sealed partial class DiskCoordinator
                 LogWaitingForUnregistered(_log, p.Host, diskId, (long)remaining.TotalMilliseconds);
                 return remaining;
             }
+        }
+        if (UnregisteredUnpresentedHost(diskId, host) is { } unpresented)
+        {
+            LogWaitingForUnregistered(_log, unpresented, diskId, (long)remaining.TotalMilliseconds);
+            return remaining;
         }
         return TimeSpan.Zero;
     }
@@ -439,6 +445,7 @@ public sealed partial class DiskCoordinator
         // cut off on the way (a stop) must leave the session counted as a holder by whatever asks next.
         foreach (var holder in holders) holder.RemoveTable(disk.Id);
         await unregistered.ConfigureAwait(false);
+        _store.ForgetUnpresenting(disk.Id, host); // only now may a restarted controller stop counting the host
         return true;
     }
 
@@ -448,6 +455,7 @@ public sealed partial class DiskCoordinator
         using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
         if (_store.ListPresentations(disk.Id).Count > 0) return false;
         CheckNoSnapshots(disk);
+        await WaitAsync(UnregisteredHolderGrace(disk.Id, host: null)).ConfigureAwait(false); // an unpresent cut off by a restart
         Free(_store.DeleteDiskReleasing(disk.Id), disk.UnitsPerSegment);
         return true;
     }

@@ -149,6 +149,7 @@ public sealed partial class ControllerStore
             var rows = ReadSegments(tx, diskId, 0, long.MaxValue);
             Exec(_db, tx, "DELETE FROM segments WHERE disk_id=$d", ("$d", (long)diskId));
             Exec(_db, tx, "DELETE FROM presentations WHERE disk_id=$d", ("$d", (long)diskId));
+            Exec(_db, tx, "DELETE FROM unpresenting WHERE disk_id=$d", ("$d", (long)diskId));
             if (snapshot) Exec(_db, tx, "DELETE FROM snapshots WHERE disk_id=$d", ("$d", (long)diskId));
             Exec(_db, tx, "DELETE FROM disks WHERE id=$d", ("$d", (long)diskId));
             var freed = Unreferenced(tx, rows.Select(r => r.Entry), units);
