@@ -59,13 +59,15 @@ public sealed partial class DiskCoordinator
     {
         using var parentLock = await LockDiskAsync(snapshot.ParentDiskId).ConfigureAwait(false);
         using var snapshotLock = await LockDiskAsync(snapshot.Disk.Id).ConfigureAwait(false);
+        // An unpresent a previous controller did not finish is waited out first (its host may still read, for one
+        // lease); before the checks, which must see a present persisted meanwhile.
+        await WaitAsync(UnregisteredHolderGrace(snapshot.Disk.Id, host: null)).ConfigureAwait(false);
         if (_store.GetSnapshot(snapshot.Disk.Id) is null) throw Rpc(StatusCode.NotFound, $"snapshot '{snapshot.Disk.Name}' does not exist");
         if (_store.ListPresentations(snapshot.Disk.Id).Count > 0)
             throw Rpc(StatusCode.FailedPrecondition, $"snapshot '{snapshot.Disk.Name}' is presented; unpresent it first");
-        // No agent holds the snapshot's table (unpresenting deleted it, blocking, or a restart's first lease is waited
-        // out here), and every agent entry that named one of its locations for a disk was replaced by a blocking push:
+        // No agent holds the snapshot's table (unpresenting deleted it, blocking, or a restart's first lease was waited
+        // out above), and every agent entry that named one of its locations for a disk was replaced by a blocking push:
         // what no row names now, no agent uses.
-        await WaitAsync(UnregisteredHolderGrace(snapshot.Disk.Id, host: null)).ConfigureAwait(false);
         Free(_store.DeleteSnapshot(snapshot.Disk.Id), snapshot.Disk.UnitsPerSegment);
         LogSnapshotDeleted(_log, snapshot.Disk.Name);
     }

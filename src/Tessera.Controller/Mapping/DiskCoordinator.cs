@@ -453,9 +453,11 @@ public sealed partial class DiskCoordinator
     public async Task<bool> DeleteDiskAsync(DiskRow disk)
     {
         using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
+        // A host an unpresent of a previous controller left may still use the units for that controller's lease. Waited
+        // out before the checks: a present may be persisted meanwhile (it takes no disk lock), and they must see it.
+        await WaitAsync(UnregisteredHolderGrace(disk.Id, host: null)).ConfigureAwait(false);
         if (_store.ListPresentations(disk.Id).Count > 0) return false;
         CheckNoSnapshots(disk);
-        await WaitAsync(UnregisteredHolderGrace(disk.Id, host: null)).ConfigureAwait(false); // an unpresent cut off by a restart
         Free(_store.DeleteDiskReleasing(disk.Id), disk.UnitsPerSegment);
         return true;
     }
