@@ -19,10 +19,6 @@ public sealed partial class AgentCore
 {
     private readonly object _leaseGate = new();
 
-    /// <summary>Answers to map faults dropped because they arrived while the lease was lapsed (diagnostics and tests).</summary>
-    public long AnswersHeldWhileLapsed => Interlocked.Read(ref _answersHeldWhileLapsed);
-    private long _answersHeldWhileLapsed;
-
     /// <summary>Extends the lease to a heartbeat sent at <paramref name="sentTimestamp"/>; true when this ended a lapse.</summary>
     private bool ExtendLease(long sentTimestamp)
     {
@@ -65,13 +61,11 @@ public sealed partial class AgentCore
         return CheckLease();
     }
 
-    /// <summary>Under _leaseGate: true (and the answer dropped, to be asked again) when the lease is lapsed.</summary>
-    private bool HoldAnswerWhileLapsed(PendingFault pending)
+    /// <summary>Under _leaseGate, during a lapse: drops a map fault's answer; the fault is asked again after the renewal.</summary>
+    private void HoldAnswer(PendingFault pending)
     {
-        if (CheckLease()) return false;
         pending.AnswerHeld = true;
-        Interlocked.Increment(ref _answersHeldWhileLapsed);
-        return true;
+        Interlocked.Increment(ref Counters.AnswersHeldWhileLapsed);
     }
 
     /// <summary>After a renewal: asks again for the faults whose answers were dropped during the lapse.</summary>

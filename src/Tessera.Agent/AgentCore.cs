@@ -278,8 +278,16 @@ public sealed partial class AgentCore : IFaultSink
         {
             lock (_leaseGate)
             {
-                if (HoldAnswerWhileLapsed(pending)) return;
-                if (response.Entries.Count > 0 && _volumesById.TryGetValue(pending.Key.DiskId, out var volume))
+                bool leaseHolds = CheckLease();
+                // A zeroing's answer only reports that the controller changed the table (it pushed the entries itself),
+                // and asking again would zero the range a second time, over writes made since: it completes even
+                // during a lapse, without installing anything. A map fault's answer is held and asked again.
+                if (!leaseHolds && !pending.Message.Zero)
+                {
+                    HoldAnswer(pending);
+                    return;
+                }
+                if (leaseHolds && response.Entries.Count > 0 && _volumesById.TryGetValue(pending.Key.DiskId, out var volume))
                 {
                     var table = volume.Table;
                     long first = (long)response.FirstSegment;
@@ -478,4 +486,6 @@ public sealed class AgentCounters
     public long FaultsSent;
     public long FaultsCoalesced;
     public long ZeroFaultsSent;
+    /// <summary>Map-fault answers dropped because they arrived while the lease was lapsed (asked again after the renewal).</summary>
+    public long AnswersHeldWhileLapsed;
 }

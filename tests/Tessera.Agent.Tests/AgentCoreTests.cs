@@ -174,7 +174,7 @@ public class AgentCoreTests
         Assert.Equal(MapEntry.Invalid, c.Volume.Table.Get(0));
         long faults = c.Core.Counters.FaultsSent;
         var read = c.Volume.ReadAsync(0, new byte[512], null, default).AsTask();
-        await WaitUntil(() => c.Core.AnswersHeldWhileLapsed == 1); // answered during the lapse: not used
+        await WaitUntil(() => Interlocked.Read(ref c.Core.Counters.AnswersHeldWhileLapsed) == 1); // answered during the lapse: not used
         Assert.False(read.IsCompleted);
         c.Core.RenewLease(c.Time.GetTimestamp());
         Assert.Equal(IoStatus.Ok, await read.WaitAsync(Timeout));

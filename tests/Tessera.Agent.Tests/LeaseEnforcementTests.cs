@@ -36,7 +36,7 @@ public class LeaseEnforcementTests
 
         // The controller's answer arrives during the lapse: dropped, the table stays invalid, the write keeps waiting.
         c.Answer(fault);
-        Assert.Equal(1, c.Core.AnswersHeldWhileLapsed);
+        Assert.Equal(1, Interlocked.Read(ref c.Core.Counters.AnswersHeldWhileLapsed));
         Assert.Equal(MapEntry.Invalid, c.Volume.Table.Get(0));
         Assert.False(write.IsCompleted);
 
