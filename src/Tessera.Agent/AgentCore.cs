@@ -22,6 +22,8 @@ namespace Tessera.Agent;
 /// lease lapses the agent invalidates every table: all I/O then faults, and faults wait until the controller is
 /// reachable again, which re-creates the tables. We chose invalidation over holding I/O because it puts the agent
 /// in exactly the state of a restarted agent, the one state the controller already knows how to handle.
+/// A lapsed agent acts on nothing until a heartbeat sent after the lapse's cause is acknowledged (or it registers
+/// again): see AgentCore.Lease.cs.
 /// </summary>
 public sealed partial class AgentCore : IFaultSink
 {
@@ -36,8 +38,8 @@ public sealed partial class AgentCore : IFaultSink
     private readonly object _linkLock = new();
     private IControllerLink? _link;
     private long _nextFaultId;
-    private long _leaseExpiresAtTicks = long.MinValue; // TimeProvider timestamp; MinValue = no lease yet
-    private bool _leaseLapsed = true;
+    private long _leaseExpiresAtTicks = long.MinValue; // TimeProvider timestamp; MinValue = no lease yet; guarded by _leaseGate
+    private bool _leaseLapsed = true; // guarded by _leaseGate
 
     /// <param name="incarnation">Fixed only by the deterministic simulation, which must replay a run bit for bit; random otherwise.</param>
     public AgentCore(string hostName, ContainerSet containers, TimeProvider time, ILogger logger, int faultTimeoutMs = 120_000, ulong? incarnation = null)
@@ -91,18 +93,27 @@ public sealed partial class AgentCore : IFaultSink
     // ---- connection lifecycle ----
 
     /// <summary>The controller accepted our registration on <paramref name="link"/>.</summary>
-    public void OnRegistered(IControllerLink link, Registered registered)
+    /// <param name="registerSentTimestamp">
+    /// When our Register was sent: the first lease runs from then, because the controller starts counting it when the
+    /// Register arrives and Registered itself may be delayed by up to a lease on a silent stream. Null: now (tests).
+    /// </param>
+    public void OnRegistered(IControllerLink link, Registered registered, long? registerSentTimestamp = null)
     {
         LeaseMs = (int)registered.LeaseMs;
         HeartbeatIntervalMs = (int)registered.HeartbeatIntervalMs;
         ControllerEpoch = registered.ControllerEpoch;
         foreach (var c in registered.Containers) Containers.Upsert(c.Id, c.Name, c.Uri, c.Failed);
-        ExtendLease(_time.GetTimestamp());
+        ExtendLease(registerSentTimestamp ?? _time.GetTimestamp());
         ExpectTablesReconfirmed();
         lock (_linkLock) _link = link;
         Log.Registered(_logger, HostName, registered.ControllerEpoch, LeaseMs);
         // Faults sent on a previous link may have been lost with it: send them again (ids are unique per agent).
-        foreach (var pending in _faultsById.Values) link.Send(new AgentMessage { Fault = pending.Message });
+        lock (_leaseGate)
+            foreach (var pending in _faultsById.Values)
+            {
+                pending.AnswerHeld = false;
+                link.Send(new AgentMessage { Fault = pending.Message });
+            }
     }
 
     public void OnDisconnected(IControllerLink link, string reason)
@@ -119,31 +130,7 @@ public sealed partial class AgentCore : IFaultSink
     public void RenewLease(long sentTimestamp)
     {
         DropUnconfirmedTables();
-        ExtendLease(sentTimestamp);
-    }
-
-    private void ExtendLease(long sentTimestamp)
-    {
-        long expires = sentTimestamp + (long)(LeaseMs * LeaseSafetyFraction * _time.TimestampFrequency / 1000);
-        lock (_linkLock)
-        {
-            if (expires > _leaseExpiresAtTicks) _leaseExpiresAtTicks = expires;
-            _leaseLapsed = false;
-        }
-    }
-
-    /// <summary>Checks the lease; on lapse invalidates every table. Returns true while the lease holds.</summary>
-    public bool CheckLease()
-    {
-        lock (_linkLock)
-        {
-            if (_leaseLapsed) return false;
-            if (_time.GetTimestamp() < _leaseExpiresAtTicks) return true;
-            _leaseLapsed = true;
-        }
-        Log.LeaseLapsed(_logger, LeaseMs);
-        foreach (var v in _volumesById.Values) v.Table.InvalidateAll();
-        return false;
+        if (ExtendLease(sentTimestamp)) ResendHeldFaults();
     }
 
     // ---- faults (IFaultSink) ----
@@ -251,6 +238,9 @@ public sealed partial class AgentCore : IFaultSink
 
     private sealed class PendingFault((ulong DiskId, long Segment, bool Write) key, MapFault message, bool coalesced = true)
     {
+        /// <summary>Its answer came while the lease was lapsed and was dropped: ask again once the lease is renewed. Guarded by _leaseGate.</summary>
+        public bool AnswerHeld;
+
         public bool Coalesced { get; } = coalesced;
         public (ulong DiskId, long Segment, bool Write) Key { get; } = key;
         public MapFault Message { get; } = message;
@@ -286,12 +276,24 @@ public sealed partial class AgentCore : IFaultSink
         if (!_faultsById.TryGetValue(response.FaultId, out var pending)) return;
         if (response.Outcome == FaultOutcome.Retry)
         {
-            if (response.Entries.Count > 0 && _volumesById.TryGetValue(pending.Key.DiskId, out var volume))
+            lock (_leaseGate)
             {
-                var table = volume.Table;
-                long first = (long)response.FirstSegment;
-                int count = (int)Math.Min(response.Entries.Count, Math.Max(0, table.SegmentCount - first));
-                for (int i = 0; i < count; i++) table.Set(first + i, new MapEntry(response.Entries[i]));
+                bool leaseHolds = CheckLease();
+                // A zeroing's answer only reports that the controller changed the table (it pushed the entries itself),
+                // and asking again would zero the range a second time, over writes made since: it completes even
+                // during a lapse, without installing anything. A map fault's answer is held and asked again.
+                if (!leaseHolds && !pending.Message.Zero)
+                {
+                    HoldAnswer(pending);
+                    return;
+                }
+                if (leaseHolds && response.Entries.Count > 0 && _volumesById.TryGetValue(pending.Key.DiskId, out var volume))
+                {
+                    var table = volume.Table;
+                    long first = (long)response.FirstSegment;
+                    int count = (int)Math.Min(response.Entries.Count, Math.Max(0, table.SegmentCount - first));
+                    for (int i = 0; i < count; i++) table.Set(first + i, new MapEntry(response.Entries[i]));
+                }
             }
             CompleteFault(response.FaultId, FaultResult.RetryLookup);
         }
@@ -332,9 +334,14 @@ public sealed partial class AgentCore : IFaultSink
                         var set = command.SetEntries;
                         ulong count = set.Count == 0 ? (ulong)set.Entries.Count : set.Count;
                         CheckRange(volume, set.FirstSegment, count);
-                        if (set.Entries.Count == 1) volume.Table.Fill((long)set.FirstSegment, (long)count, new MapEntry(set.Entries[0]));
-                        else if ((ulong)set.Entries.Count == count) volume.Table.SetRange((long)set.FirstSegment, (long)count, i => new MapEntry(set.Entries[(int)i]));
-                        else throw new CommandException($"set entries: {set.Entries.Count} entries for a range of {count}");
+                        if (set.Entries.Count != 1 && (ulong)set.Entries.Count != count)
+                            throw new CommandException($"set entries: {set.Entries.Count} entries for a range of {count}");
+                        lock (_leaseGate)
+                        {
+                            if (!CheckLease()) break; // the lapse invalidated every entry, already stricter than these
+                            if (set.Entries.Count == 1) volume.Table.Fill((long)set.FirstSegment, (long)count, new MapEntry(set.Entries[0]));
+                            else volume.Table.SetRange((long)set.FirstSegment, (long)count, i => new MapEntry(set.Entries[(int)i]));
+                        }
                         break;
                     }
                 case Command.OpOneofCase.ChangeStates:
@@ -342,7 +349,11 @@ public sealed partial class AgentCore : IFaultSink
                         volume = RequireVolume(command.DiskId);
                         var change = command.ChangeStates;
                         CheckRange(volume, change.FirstSegment, change.Count);
-                        volume.Table.ChangeStates((long)change.FirstSegment, (long)change.Count, (EntryStates)(change.Set & 0xF), (EntryStates)(change.Clear & 0xF));
+                        lock (_leaseGate)
+                        {
+                            // While lapsed every entry is Invalid; clearing that now would revive a location the lapse voided.
+                            if (CheckLease()) volume.Table.ChangeStates((long)change.FirstSegment, (long)change.Count, (EntryStates)(change.Set & 0xF), (EntryStates)(change.Clear & 0xF));
+                        }
                         break;
                     }
                 case Command.OpOneofCase.ResizeTable:
@@ -475,4 +486,6 @@ public sealed class AgentCounters
     public long FaultsSent;
     public long FaultsCoalesced;
     public long ZeroFaultsSent;
+    /// <summary>Map-fault answers dropped because they arrived while the lease was lapsed (asked again after the renewal).</summary>
+    public long AnswersHeldWhileLapsed;
 }

@@ -89,11 +89,12 @@ public sealed partial class ControllerConnection : IAsyncDisposable
         var writer = link.PumpAsync(call.RequestStream);
         try
         {
+            long registerSentAt = _time.GetTimestamp();
             link.Send(new AgentMessage { Register = new Register { Host = _core.HostName, Incarnation = _core.Incarnation, NbdAddress = _nbdAddress, Version = "1" } });
             var responses = call.ResponseStream;
             if (!await responses.MoveNext(sessionEnd.Token)) return "controller closed the stream before registering us";
             if (responses.Current.BodyCase != ControllerMessage.BodyOneofCase.Registered) return $"controller answered {responses.Current.BodyCase} to Register";
-            _core.OnRegistered(link, responses.Current.Registered);
+            _core.OnRegistered(link, responses.Current.Registered, registerSentAt);
             onRegistered();
             _registeredOnce.TrySetResult();
 

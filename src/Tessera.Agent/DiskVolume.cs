@@ -21,6 +21,9 @@ public interface IFaultSink
 
     /// <summary>Asks the controller to return whole segments to Zero (a table change; no byte is written).</summary>
     ValueTask<FaultResult> ZeroFaultAsync(DiskVolume volume, long firstSegment, long count, CancellationToken cancellationToken);
+
+    /// <summary>False while the agent's lease is lapsed: no entry may then be used, every lookup faults.</summary>
+    bool LeaseHolds() => true;
 }
 
 /// <summary>
@@ -156,12 +159,12 @@ public sealed class DiskVolume
         bool allZero = true;
         for (long s = first; s < first + count && allZero; s++)
         {
-            var entry = _table.Get(s);
+            var entry = Lookup(s);
             if ((entry.States & EntryStates.Invalid) != 0)
             {
                 var loaded = await FaultAndWaitAsync(s, write: false, entry, 0, cancellationToken);
                 if (loaded != IoStatus.Ok) return loaded;
-                entry = _table.Get(s);
+                entry = Lookup(s);
             }
             allZero = entry.States == EntryStates.Zero;
         }
@@ -191,11 +194,11 @@ public sealed class DiskVolume
         {
             int n = FirstPieceLength(offset, length);
             long segment = offset >> SegmentShift;
-            var entry = _table.Get(segment);
+            var entry = Lookup(segment);
             if ((entry.States & EntryStates.Invalid) != 0)
             {
                 if (await FaultAndWaitAsync(segment, write: false, entry, 0, cancellationToken) != IoStatus.Ok) return false;
-                entry = _table.Get(segment);
+                entry = Lookup(segment);
             }
             if (entry.ActionFor(write: false) != EntryAction.ReadZeros) return false;
             offset += n;
@@ -214,7 +217,7 @@ public sealed class DiskVolume
             long segment = offset >> SegmentShift;
             for (int attempt = 0; ; attempt++)
             {
-                var entry = _table.Get(segment);
+                var entry = Lookup(segment);
                 var action = entry.ActionFor(write: false);
                 if (action == EntryAction.Fault)
                 {
@@ -351,7 +354,7 @@ public sealed class DiskVolume
     private bool TryStart<TOp>(long offset, TOp op, CancellationToken cancellationToken, out ValueTask<IoStatus> result, out MapEntry seen) where TOp : struct, IPieceOp
     {
         var token = Gate.Enter();
-        seen = _table.Get(offset >> SegmentShift);
+        seen = Lookup(offset >> SegmentShift);
         switch (seen.ActionFor(op.IsWrite))
         {
             case EntryAction.Map:
@@ -407,7 +410,7 @@ public sealed class DiskVolume
         for (int attempt = 0; ; attempt++)
         {
             var token = Gate.Enter();
-            var entry = _table.Get(segment);
+            var entry = Lookup(segment);
             var action = entry.ActionFor(write: true);
             if (action == EntryAction.Map)
             {
@@ -430,6 +433,14 @@ public sealed class DiskVolume
             if (faulted != IoStatus.Ok) return faulted;
         }
     }
+
+    /// <summary>
+    /// The entry to act on: Invalid while the agent's lease is lapsed, so I/O stops at the lapse itself, not at the next
+    /// tick of the lease check (an I/O admitted before the lapse may still complete after it, within the margin the
+    /// controller keeps beyond the agent's lease: docs/architecture.md, "Leases").
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private MapEntry Lookup(long segment) => _faults.LeaseHolds() ? _table.Get(segment) : MapEntry.Invalid;
 
     private async ValueTask<IoStatus> FaultAndWaitAsync(long segment, bool write, MapEntry seen, int attempt, CancellationToken cancellationToken)
     {

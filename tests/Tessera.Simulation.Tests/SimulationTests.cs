@@ -96,6 +96,15 @@ public partial class SimulationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Regression_a_lapsed_agent_installs_no_fault_answer_and_does_no_io_until_its_lease_is_renewed()
+    {
+        // Seed 40000643 (run on 0a2b85e): h2's stream was silent for 11 s; then a HeartbeatAck for a heartbeat sent
+        // before the silence ended the agent's lapse, fault answers were installed and h2 wrote through them after the
+        // controller had dropped the session as lapsed. LeaseEnforcementTests (agent tests) prove the fix for good.
+        await AssertSeedPassesAsync("--seed 40000643 --steps 3000");
+    }
+
+    [Fact]
     public async Task Regression_a_table_unpresented_while_its_host_was_disconnected_is_dropped_at_reregistration()
     {
         // Seed 6000128 (extended events): d0 was unpresented from h0 while h0's stream was partitioned; the

@@ -39,9 +39,13 @@ public sealed class SimAgentNode
     /// <summary>Registered on a live session (the connection hands the core its link only once Registered arrived).</summary>
     public bool Registered => Alive && Stream is not null && Core.IsConnected;
 
+    /// <summary>Fault answers the earlier incarnations dropped during a lapse (the probe sums every incarnation).</summary>
+    public long EarlierAnswersHeldWhileLapsed { get; private set; }
+
     /// <summary>Starts a new incarnation (runs on the pool).</summary>
     public void Start()
     {
+        if (Core is { } previous) EarlierAnswersHeldWhileLapsed += Interlocked.Read(ref previous.Counters.AnswersHeldWhileLapsed);
         Incarnation++;
         Alive = true;
         _stream = null;
