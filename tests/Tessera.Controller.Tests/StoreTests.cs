@@ -85,6 +85,11 @@ public class StoreTests
             ready INTEGER NOT NULL DEFAULT 0,
             UNIQUE (parent_disk_id, name)
         )
+        table unpresenting: CREATE TABLE unpresenting (
+            disk_id INTEGER NOT NULL,
+            host TEXT NOT NULL,
+            PRIMARY KEY (disk_id, host)
+        )
         """;
 
     [Fact]
@@ -96,7 +101,7 @@ public class StoreTests
         {
             using var store = ControllerStore.Open(dir);
             Assert.Equal(GoldenSchema, store.DumpSchema());
-            Assert.Equal(4, ControllerStore.SchemaVersion);
+            Assert.Equal(5, ControllerStore.SchemaVersion);
         }
         finally
         {

@@ -59,6 +59,8 @@ public sealed partial class DiskCoordinator
     {
         using var parentLock = await LockDiskAsync(snapshot.ParentDiskId).ConfigureAwait(false);
         using var snapshotLock = await LockDiskAsync(snapshot.Disk.Id).ConfigureAwait(false);
+        // An unpresent a previous controller did not finish is waited out first (its host may still read, for one lease).
+        await WaitAsync(UnregisteredHolderGrace(snapshot.Disk.Id, host: null)).ConfigureAwait(false);
         if (_store.GetSnapshot(snapshot.Disk.Id) is null) throw Rpc(StatusCode.NotFound, $"snapshot '{snapshot.Disk.Name}' does not exist");
         if (_store.ListPresentations(snapshot.Disk.Id).Count > 0)
             throw Rpc(StatusCode.FailedPrecondition, $"snapshot '{snapshot.Disk.Name}' is presented; unpresent it first");

@@ -87,6 +87,7 @@ public sealed partial class DiskCoordinator
         _log = logger;
         _stopping = stopping;
         HoldBackInheritedReleases();
+        HoldInheritedUnpresents();
     }
 
     /// <summary>Takes a disk's lock. Waiters are queued in call order, so faults are handled in arrival order.</summary>
@@ -345,6 +346,11 @@ public sealed partial class DiskCoordinator
                 return remaining;
             }
         }
+        if (InheritedUnpresentHolder(diskId, host) is { } unpresented)
+        {
+            LogWaitingForUnregistered(_log, unpresented, diskId, (long)remaining.TotalMilliseconds);
+            return remaining;
+        }
         return TimeSpan.Zero;
     }
 
@@ -428,7 +434,7 @@ public sealed partial class DiskCoordinator
     {
         using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
         var grace = UnregisteredHolderGrace(disk.Id, host); // before the presentation row goes
-        if (!_store.RemovePresentation(disk.Id, host)) return false;
+        if (!_store.RemovePresentationRecording(disk.Id, host)) return false;
         var unregistered = WaitAsync(grace);
         var holders = _sessions.Holding(disk.Id, host);
         var waits = new List<Task<AckOutcome>>(holders.Count);
@@ -439,6 +445,7 @@ public sealed partial class DiskCoordinator
         // cut off on the way (a stop) must leave the session counted as a holder by whatever asks next.
         foreach (var holder in holders) holder.RemoveTable(disk.Id);
         await unregistered.ConfigureAwait(false);
+        _store.ForgetUnpresenting(disk.Id, host); // only now; until then a successor must count the host (ControllerStore.Unpresenting.cs)
         return true;
     }
 
@@ -446,6 +453,9 @@ public sealed partial class DiskCoordinator
     public async Task<bool> DeleteDiskAsync(DiskRow disk)
     {
         using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
+        // A host an unpresent of a previous controller left may still use the units for that controller's lease. Waited
+        // out first: a present may come meanwhile, and the checks below must see it.
+        await WaitAsync(UnregisteredHolderGrace(disk.Id, host: null)).ConfigureAwait(false);
         if (_store.ListPresentations(disk.Id).Count > 0) return false;
         CheckNoSnapshots(disk);
         Free(_store.DeleteDiskReleasing(disk.Id), disk.UnitsPerSegment);

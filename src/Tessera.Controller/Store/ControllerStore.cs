@@ -31,7 +31,7 @@ public readonly record struct SegmentRow(ulong DiskId, long Segment, MapEntry En
 /// </summary>
 public sealed partial class ControllerStore : IDisposable
 {
-    public const int SchemaVersion = 4; // 2: snapshots (ControllerStore.Snapshots.cs); 3: high-water marks (ControllerStore.HighWater.cs); 4: unfinished releases (ControllerStore.Releasing.cs)
+    public const int SchemaVersion = 5; // 2: snapshots (ControllerStore.Snapshots.cs); 3: high-water marks (ControllerStore.HighWater.cs); 4: unfinished releases (ControllerStore.Releasing.cs); 5: unfinished unpresents (ControllerStore.Unpresenting.cs)
 
     private const string Schema = """
         CREATE TABLE meta (
@@ -113,12 +113,14 @@ public sealed partial class ControllerStore : IDisposable
                     Exec(db, tx, SnapshotSchema);
                     Exec(db, tx, HighWaterSchema);
                     Exec(db, tx, ReleasingSchema);
+                    Exec(db, tx, UnpresentingSchema);
                     Exec(db, tx, "INSERT INTO meta(key, value) VALUES ('schema_version', $v), ('controller_epoch', '0')", ("$v", SchemaVersion.ToString(CultureInfo.InvariantCulture)));
                 }
                 var version = Convert.ToInt32(Scalar(db, tx, "SELECT value FROM meta WHERE key='schema_version'"), CultureInfo.InvariantCulture);
                 version = MigrateSnapshots(db, tx, version);
                 version = MigrateHighWater(db, tx, version);
                 version = MigrateReleasing(db, tx, version);
+                version = MigrateUnpresenting(db, tx, version);
                 if (version != SchemaVersion)
                     throw new InvalidOperationException($"store {path} has schema version {version}, this controller understands {SchemaVersion}");
                 Exec(db, tx, OperationsSchema); // additive tables (IF NOT EXISTS): also upgrades a store made before them
