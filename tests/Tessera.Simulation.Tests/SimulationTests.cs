@@ -137,6 +137,17 @@ public partial class SimulationTests(ITestOutputHelper output)
         await AssertSeedPassesAsync("--seed 7000199 --steps 3000");
     }
 
+    [Fact]
+    public async Task Regression_a_migrated_segment_is_written_in_its_new_place_only_after_every_holder_left_the_old_one()
+    {
+        // Seed 40003509 with 3000 steps (195 ops, a few seconds): migrating d1, the controller pushed segment 0's new,
+        // writable entry to h0 and h1 at once; h1's stream was silent, so h0 zeroed sectors 111..115 in the new place
+        // (acknowledged) while h1 still read the old bytes there. The new place now goes out with NoWrite first, and
+        // writes are allowed only once every holder answered. On this simulator the seed still reports that violation
+        // with the fix taken out; MigrationPushOrderTests (controller tests) prove it whatever later builds do.
+        await AssertSeedPassesAsync("--seed 40003509 --steps 3000");
+    }
+
     /// <summary>Runs the simulator with these arguments; it must report one seed and no violation. Returns its output.</summary>
     private async Task<string> AssertSeedPassesAsync(string arguments)
     {

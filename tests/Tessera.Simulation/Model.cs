@@ -315,6 +315,7 @@ public sealed class Checker(Action<string> traceLine)
     public TraceHash Trace { get; } = new();
 
     public long NextSeq() => ++_seq;
+    public long PeekNextWriteId => _nextWriteId + 1;
 
     public WriteRec NewWrite(DiskModel disk, string agent, long firstSector, int count, WriteKind kind)
     {

@@ -63,12 +63,14 @@ public sealed partial class Simulation
             {
                 var m = stream.DeliverToController();
                 if (m != null) TraceLine($"s{stream.Id} a->c {m.BodyCase}");
+                if (m != null && Verbose) Console.WriteLine($"      {m}");
             }
             else
             {
                 var m = stream.DeliverToAgent();
                 if (m?.Command is not null && Extended) ProbeCommandToFencedAgent(stream);
                 if (m != null) TraceLine($"s{stream.Id} c->a {m.BodyCase}{(m.Command is { } c ? " " + c.OpCase + (c.Blocking ? " blocking" : "") : "")}");
+                if (m != null && Verbose) Console.WriteLine($"      {m}");
             }
         });
     }
@@ -258,6 +260,7 @@ public sealed partial class Simulation
         long first = _r.NextInt64(0, sectors - count + 1);
         if (_r.Next(4) == 0) first = Math.Max(0, Math.Min(sectors - count, (first / 128) * 128 + 128 - count / 2)); // straddle a segment boundary
         var op = new PendingOp($"{agent.Owner} {kind} {disk.Name} [{first},+{count})", agent, agent.Incarnation) { Disk = disk };
+        if (Verbose) Console.WriteLine($"[{Clock.NowNs / 1_000_000,9} ms]   start op {op.Description} (next write id w{_checker.PeekNextWriteId})");
         _ops.Add(op);
         _result.ClientOps++;
         string owner = agent.Owner.Name;
@@ -437,6 +440,7 @@ public sealed partial class Simulation
     }
 
     private bool PendingFinalRead;
+    private static readonly bool Verbose = Environment.GetEnvironmentVariable("TESSERA_SIM_VERBOSE") == "1";
 
     private async Task ReadAllAsync(DiskVolume volume, byte[] image, Action<IoStatus> done, HashSet<long> failedSegments)
     {

@@ -7,8 +7,10 @@
 //   3. copy old -> new through the controller's own container handles, flush the destination;
 //   4. persist the new location for every row that maps the old one (snapshots and clones may share it), with the
 //      cursor phase "persisted", in one transaction;
-//   5. push the new entries with the blocking flag: when it returns no agent reads the old place any more;
-//   6. free the old units; clear the cursor.
+//   5. push the new entries with NoWrite and the blocking flag: when it returns no agent reads the old place any
+//      more; only then (6) push the stored entries, which may allow writes again. One push of the writable entries
+//      would let the first holder to apply it write the new place while a slower holder still read the old one;
+//   6. clear the cursor, free the old units, push the stored entries (a relaxation: same place, writes allowed).
 // A failure before 4 rolls back: the store never changed, so re-pushing the stored entries (a relaxation of what
 // the agents hold, persisted already) restores writes, and the new units are freed.
 //
@@ -120,12 +122,13 @@ public sealed partial class DiskCoordinator
         }
 
         var moved = _store.RelocateSegment(jobId, old.ContainerId, old.PhysicalIndex, newContainer, newIndex);
-        foreach (var r in moved) await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: true, except: null).ConfigureAwait(false);
-        pause.Stop();
+        await PushNewPlaceFrozenAsync(moved).ConfigureAwait(false);
         // Cursor first, then free: once the units are free another disk may map them, and a restart must not find
         // a "persisted" cursor that would reserve them again.
         _store.ClearJobCursor(jobId, disk.SegmentSizeBytes);
         _pool.Free(old.ContainerId, old.PhysicalIndex, units);
+        await PushRelaxedAsync(moved).ConfigureAwait(false);
+        pause.Stop();
         LogMoved(_log, disk.Name, refs.Count, source.Name, target.Name, pause.Elapsed.TotalMilliseconds);
         return new(true, disk.SegmentSizeBytes, pause.Elapsed, null, 0, false);
     }
@@ -140,11 +143,38 @@ public sealed partial class DiskCoordinator
         var refs = _store.RowsAt(job.CurNewContainer, job.CurNewIndex);
         using (await LockDisksAsync(refs.Select(r => r.DiskId).Append(job.CurDiskId)).ConfigureAwait(false))
         {
-            foreach (var r in _store.RowsAt(job.CurNewContainer, job.CurNewIndex))
-                await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: true, except: null).ConfigureAwait(false);
+            var moved = _store.RowsAt(job.CurNewContainer, job.CurNewIndex);
+            await PushNewPlaceFrozenAsync(moved).ConfigureAwait(false);
             _store.ClearJobCursor(job.Id, (long)units * MapEntry.PhysicalUnitBytes);
             _pool.Free(job.CurOldContainer, job.CurOldIndex, units);
+            await PushRelaxedAsync(moved).ConfigureAwait(false);
         }
+    }
+
+    /// <summary>
+    /// Step 5 of a move: every holder of every row that now names the new place gets that place with NoWrite, with
+    /// the blocking flag, and this waits for each (reply or lease lapse). Until every holder has answered, some may
+    /// still read the old place; as long as nobody may write the new one, they all read the same bytes (the old place
+    /// has been frozen since step 2). Pushing the writable entries here instead let the first holder to apply them
+    /// write and acknowledge in the new place while a slower holder (a silent stream) still read the old bytes there
+    /// (found by the simulation, seed 40003509: a WRITE_ZEROES acknowledged on one host, the old data read on another).
+    /// </summary>
+    private async Task PushNewPlaceFrozenAsync(List<SegmentRow> moved)
+    {
+        foreach (var r in moved)
+            await PushAsync(r.DiskId, r.Segment, 1, r.Entry.WithStates(EntryStates.NoWrite, EntryStates.None), blocking: true, except: null).ConfigureAwait(false);
+    }
+
+    /// <summary>
+    /// After <see cref="PushNewPlaceFrozenAsync"/> answered: the stored entries, where they allow more than NoWrite (a
+    /// relaxation, and every holder already names the new place). Sent under the disks' locks, so nothing pushed later
+    /// can arrive before it; a holder that misses it faults on its next write and gets the same entry.
+    /// </summary>
+    private async Task PushRelaxedAsync(List<SegmentRow> moved)
+    {
+        foreach (var r in moved)
+            if ((r.Entry.States & EntryStates.NoWrite) == 0)
+                await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: false, except: null).ConfigureAwait(false);
     }
 
     /// <summary>
