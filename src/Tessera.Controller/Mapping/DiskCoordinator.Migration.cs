@@ -10,7 +10,9 @@
 //   5. push the new entries with the blocking flag: when it returns no agent reads the old place any more;
 //   6. free the old units; clear the cursor.
 // A failure before 4 rolls back: the store never changed, so re-pushing the stored entries (a relaxation of what
-// the agents hold, persisted already) restores writes, and the new units are freed.
+// the agents hold, persisted already) restores writes, and the new units are freed. A source or target marked failed
+// during the copy is such a failure too (step 4 checks it in its transaction): the segment was on the source when
+// the source failed, so it is lost with the rest of it, like every other segment there.
 //
 // Container failure: persist (container failed, every row on it Error), tell every agent the container is failed,
 // then push Error with the blocking flag to every holder of every affected disk.
@@ -110,16 +112,13 @@ public sealed partial class DiskCoordinator
             await PushAsync(r.DiskId, r.Segment, 1, r.Entry.WithStates(EntryStates.NoWrite, EntryStates.None), blocking: true, except: null).ConfigureAwait(false);
 
         var (status, failed, why) = await CopyAsync(source, target, old.ContainerOffset, MapEntry.Mapped(newContainer, newIndex).ContainerOffset, disk.SegmentSizeBytes).ConfigureAwait(false);
-        if (status != IoStatus.Ok)
-        {
-            // Roll back: the store never changed; give the agents the stored entries again.
-            foreach (var r in refs) await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: false, except: null).ConfigureAwait(false);
-            _pool.Free(newContainer, newIndex, units);
-            _store.ClearJobCursor(jobId, 0);
-            return new(false, 0, pause.Elapsed, why, failed, false);
-        }
+        if (status != IoStatus.Ok) return await RollBackMoveAsync(why, failed).ConfigureAwait(false);
 
+        // Null when the source or the target was marked failed during the copy (bug 13): relocating would carry the
+        // source's Error rows to units that no live row then names (leaked), or put the segment on a failed container.
         var moved = _store.RelocateSegment(jobId, old.ContainerId, old.PhysicalIndex, newContainer, newIndex);
+        if (moved is null)
+            return await RollBackMoveAsync($"container {source.Name} or {target.Name} was marked failed during the move", 0).ConfigureAwait(false);
         foreach (var r in moved) await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: true, except: null).ConfigureAwait(false);
         pause.Stop();
         // Cursor first, then free: once the units are free another disk may map them, and a restart must not find
@@ -128,6 +127,17 @@ public sealed partial class DiskCoordinator
         _pool.Free(old.ContainerId, old.PhysicalIndex, units);
         LogMoved(_log, disk.Name, refs.Count, source.Name, target.Name, pause.Elapsed.TotalMilliseconds);
         return new(true, disk.SegmentSizeBytes, pause.Elapsed, null, 0, false);
+
+        // The map never changed: give the agents the stored entries again (Error ones if the source failed meanwhile:
+        // its marking persisted them and pushes them too once it has the lock) and free the new units.
+        async Task<SegmentMove> RollBackMoveAsync(string? error, ushort failedContainer)
+        {
+            foreach (var r in refs)
+                await PushAsync(r.DiskId, r.Segment, 1, _store.GetEntry(r.DiskId, r.Segment), blocking: false, except: null).ConfigureAwait(false);
+            _pool.Free(newContainer, newIndex, units);
+            _store.ClearJobCursor(jobId, 0);
+            return new(false, 0, pause.Elapsed, error, failedContainer, false);
+        }
     }
 
     /// <summary>

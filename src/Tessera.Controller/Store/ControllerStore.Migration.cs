@@ -136,13 +136,16 @@ public sealed partial class ControllerStore
     /// <summary>
     /// Moves one physical segment in the map: every row (of any disk) at the old location now names the new one,
     /// keeping its state bits, and the job's cursor says "persisted" - in one transaction.
-    /// Returns the rows as they are now.
+    /// Returns the rows as they are now; null, changing nothing, when either container is marked failed (a failure
+    /// marked during the copy made the old rows Error; the move must roll back, not carry them over).
     /// </summary>
-    public List<SegmentRow> RelocateSegment(long jobId, ushort oldContainer, long oldIndex, ushort newContainer, long newIndex)
+    public List<SegmentRow>? RelocateSegment(long jobId, ushort oldContainer, long oldIndex, ushort newContainer, long newIndex)
     {
         lock (_lock)
         {
             using var tx = _db.BeginTransaction();
+            if (Scalar(_db, tx, "SELECT count(*) FROM containers WHERE id IN ($oc, $nc) AND failed<>0", ("$oc", (long)oldContainer), ("$nc", (long)newContainer)) is not 0L)
+                return null;
             Exec(_db, tx, "UPDATE segments SET container_id=$nc, physical_index=$ni WHERE container_id=$oc AND physical_index=$oi",
                 ("$oc", (long)oldContainer), ("$oi", oldIndex), ("$nc", (long)newContainer), ("$ni", newIndex));
             Exec(_db, tx, "UPDATE migration_jobs SET cur_phase='persisted' WHERE id=$j", ("$j", jobId));
