@@ -55,7 +55,7 @@ public class MigrationSourceFailedTests
         var entry = c.Host.Core.Store.GetEntry(d.Id, 0);
         Assert.True((entry.States & EntryStates.Error) != 0, $"segment 0 is {entry}, not Error: it was on the failed container");
         Assert.Equal(0, c.Host.Core.Pool.Usage((ushort)b.Id).UsedUnits);
-        Assert.Empty(c.Host.Core.Store.AllSegments().Where(r => r.Entry.ContainerId == (ushort)b.Id));
+        Assert.DoesNotContain(c.Host.Core.Store.AllSegments(), r => r.Entry.ContainerId == (ushort)b.Id);
         Assert.Equal("failed", finished.State);
     }
 

@@ -15,7 +15,8 @@
 // the source failed, so it is lost with the rest of it, like every other segment there.
 //
 // Container failure: persist (container failed, every row on it Error), tell every agent the container is failed,
-// then push Error with the blocking flag to every holder of every affected disk.
+// then, under each disk's lock in turn, mark again whatever row is on the container now and push Error for it with the
+// blocking flag to every holder (a change in flight may have added or released a row in between).
 
 using System.Diagnostics;
 using Microsoft.Extensions.Logging;
@@ -192,7 +193,7 @@ public sealed partial class DiskCoordinator
     /// </summary>
     public async Task MarkContainerFailedAsync(ushort containerId, string reason)
     {
-        var rows = _store.MarkContainerFailed(containerId, reason);
+        _store.MarkContainerFailed(containerId, reason);
         _pool.SetFailed(containerId, true);
         var row = _store.ListContainers().FirstOrDefault(c => c.Id == containerId);
         if (row is null) return;
@@ -200,17 +201,23 @@ public sealed partial class DiskCoordinator
         var info = new ContainerInfo { Id = row.Id, Name = row.Name, Uri = row.Uri, Failed = true };
         foreach (var session in _sessions.Open())
             _ = session.SendCommand(new Command { UpsertContainer = new UpsertContainer { Container = info } });
-        foreach (var byDisk in rows.GroupBy(r => r.DiskId))
+        // Mark and push under each disk's lock what is on the container then, not the rows marked above (bug 14): a
+        // change holding the lock meanwhile may have committed a new row there (an allocation or copy-on-write that
+        // took its units before the pool knew the container failed) or released one (a zeroing left it Zero, and an
+        // Error pushed after that would stick in the agents). Every disk, not only those with rows there: the
+        // allocation in flight may be a disk's first row on the container. Once a disk's lock is ours, every change
+        // that took units before SetFailed has committed or given them back, and later ones cannot pick the container.
+        foreach (var disk in _store.ListDisks())
         {
-            using var _ = await LockDiskAsync(byDisk.Key).ConfigureAwait(false);
+            using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
             // Consecutive segments become one range command: Error voids the location, so one entry fills the run.
-            var segments = byDisk.Select(r => r.Segment).Order().ToList();
+            var segments = _store.MarkDiskRowsFailed(containerId, disk.Id);
             int i = 0;
             while (i < segments.Count)
             {
                 int j = i;
                 while (j + 1 < segments.Count && segments[j + 1] == segments[j] + 1) j++;
-                await PushAsync(byDisk.Key, segments[i], j - i + 1, MapEntry.Error, blocking: true, except: null).ConfigureAwait(false);
+                await PushAsync(disk.Id, segments[i], j - i + 1, MapEntry.Error, blocking: true, except: null).ConfigureAwait(false);
                 i = j + 1;
             }
         }

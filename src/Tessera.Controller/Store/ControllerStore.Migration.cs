@@ -216,6 +216,24 @@ public sealed partial class ControllerStore
         }
     }
 
+    /// <summary>
+    /// Marks Error every row of one disk on a failed container (again: one committed since the container was marked
+    /// is caught here) and returns the segments of that disk there that are Error now, in order.
+    /// </summary>
+    public List<long> MarkDiskRowsFailed(ushort containerId, ulong diskId)
+    {
+        lock (_lock)
+        {
+            using var tx = _db.BeginTransaction();
+            Exec(_db, tx, "UPDATE segments SET states = states | 8 WHERE container_id=$c AND disk_id=$d AND (states & 8) = 0", ("$c", (long)containerId), ("$d", (long)diskId));
+            using var cmd = Cmd(tx, "SELECT disk_id, segment, container_id, physical_index, states FROM segments WHERE container_id=$c AND disk_id=$d ORDER BY segment",
+                ("$c", (long)containerId), ("$d", (long)diskId));
+            var segments = ReadRows(cmd).Select(r => r.Segment).ToList();
+            tx.Commit();
+            return segments;
+        }
+    }
+
     /// <summary>Clears a container's failed mark (after a successful probe). Its Error rows stay Error: the bytes written meanwhile are lost.</summary>
     public void ClearContainerFailed(ushort containerId)
     {
