@@ -224,13 +224,13 @@ public sealed partial class ControllerStore
     {
         lock (_lock)
         {
-            using var tx = _db.BeginTransaction();
-            Exec(_db, tx, "UPDATE segments SET states = states | 8 WHERE container_id=$c AND disk_id=$d AND (states & 8) = 0", ("$c", (long)containerId), ("$d", (long)diskId));
-            using var cmd = Cmd(tx, "SELECT disk_id, segment, container_id, physical_index, states FROM segments WHERE container_id=$c AND disk_id=$d ORDER BY segment",
+            using var cmd = Cmd(null, "SELECT disk_id, segment, container_id, physical_index, states FROM segments WHERE container_id=$c AND disk_id=$d ORDER BY segment",
                 ("$c", (long)containerId), ("$d", (long)diskId));
-            var segments = ReadRows(cmd).Select(r => r.Segment).ToList();
-            tx.Commit();
-            return segments;
+            var rows = ReadRows(cmd);
+            // Usually every row is Error already (marked with the container): no commit, so no fsync per disk.
+            if (rows.Any(r => (r.Entry.States & EntryStates.Error) == 0))
+                Exec(_db, null, "UPDATE segments SET states = states | 8 WHERE container_id=$c AND disk_id=$d", ("$c", (long)containerId), ("$d", (long)diskId));
+            return rows.Select(r => r.Segment).ToList();
         }
     }
 
