@@ -87,7 +87,7 @@ public sealed partial class Simulation
         return true;
     }
 
-    private OperationsService? Operations => Controller is { } core ? new OperationsService(core, NullLoggerFactory.Instance) : null;
+    private OperationsService? Operations => Controller is { } core ? new OperationsService(core, ControllerLogs) : null;
 
     private void Count(string what) => _result.Outcomes[what] = _result.Outcomes.GetValueOrDefault(what) + 1;
 

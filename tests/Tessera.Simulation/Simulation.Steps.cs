@@ -407,7 +407,10 @@ public sealed partial class Simulation
                 }
                 if (status != IoStatus.Ok || PendingFinalRead)
                 {
-                    _checker.Violation("liveness", $"final read of {d.Name} on {a.Host} failed: {(PendingFinalRead ? "did not complete" : status.ToString())}");
+                    var notLost = failedSegments.Where(s => !SegmentLost(d, s)).Order().Take(4)
+                        .Select(s => $"{s} ({a.Host} holds {volume.Table.Get(s)}, the store {Controller.Store.GetEntry(d.DiskId, s)})").ToList();
+                    _checker.Violation("liveness", $"final read of {d.Name} on {a.Host} failed: {(PendingFinalRead ? "did not complete" : status.ToString())}" +
+                        (notLost.Count > 0 ? $"; segments not lost: {string.Join(", ", notLost)}" : ""));
                     continue;
                 }
                 d.EndRead(r, image, true, $"final read on {a.Owner}", failedSegments.Count == 0 ? null : sector => failedSegments.Contains(sector * 512 / SegmentBytes));

@@ -1,6 +1,7 @@
 using System.Diagnostics.Metrics;
 using Grpc.Core;
 using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.Extensions.Logging;
 using Tessera.Agent;
 using Tessera.Controller;
 using Tessera.Controller.Admin;
@@ -225,6 +226,8 @@ public sealed partial class Simulation : IDisposable
 
     private static SimCallContext Ctx() => new(CancellationToken.None);
 
+    private ILoggerFactory ControllerLogs => _options.Trace && SimControllerLog.Enabled ? new SimControllerLog(Clock) : NullLoggerFactory.Instance;
+
     private void StartController()
     {
         ControllerIncarnation++;
@@ -240,9 +243,9 @@ public sealed partial class Simulation : IDisposable
             // longer fires), so the default 10 s wall-clock wait was spent whole at every crash during a migration.
             StopWaitForJobsMs = 0,
             TimeProvider = _controllerTime,
-        }, NullLoggerFactory.Instance);
-        _channel = new AgentChannelService(Controller, NullLoggerFactory.Instance);
-        _admin = new AdminService(Controller, NullLoggerFactory.Instance);
+        }, ControllerLogs);
+        _channel = new AgentChannelService(Controller, ControllerLogs);
+        _admin = new AdminService(Controller, ControllerLogs);
         _snapshots = new SnapshotService(Controller, NullLoggerFactory.Instance);
         TraceLine($"controller incarnation {ControllerIncarnation} started");
         ResolveAmbiguousAdminOps();

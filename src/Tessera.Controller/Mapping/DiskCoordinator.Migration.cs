@@ -12,10 +12,13 @@
 //      would let the first holder to apply it write the new place while a slower holder still read the old one;
 //   6. clear the cursor, free the old units, push the stored entries (a relaxation: same place, writes allowed).
 // A failure before 4 rolls back: the store never changed, so re-pushing the stored entries (a relaxation of what
-// the agents hold, persisted already) restores writes, and the new units are freed.
+// the agents hold, persisted already) restores writes, and the new units are freed. A source or target marked failed
+// during the copy is such a failure too (step 4 checks it in its transaction): the segment was on the source when
+// the source failed, so it is lost with the rest of it, like every other segment there.
 //
 // Container failure: persist (container failed, every row on it Error), tell every agent the container is failed,
-// then push Error with the blocking flag to every holder of every affected disk.
+// then, under each disk's lock in turn, mark again whatever row is on the container now and push Error for it with the
+// blocking flag to every holder (a change in flight may have added or released a row in between).
 
 using System.Diagnostics;
 using Microsoft.Extensions.Logging;
@@ -112,16 +115,13 @@ public sealed partial class DiskCoordinator
             await PushAsync(r.DiskId, r.Segment, 1, r.Entry.WithStates(EntryStates.NoWrite, EntryStates.None), blocking: true, except: null).ConfigureAwait(false);
 
         var (status, failed, why) = await CopyAsync(source, target, old.ContainerOffset, MapEntry.Mapped(newContainer, newIndex).ContainerOffset, disk.SegmentSizeBytes).ConfigureAwait(false);
-        if (status != IoStatus.Ok)
-        {
-            // Roll back: the store never changed; give the agents the stored entries again.
-            foreach (var r in refs) await PushAsync(r.DiskId, r.Segment, 1, r.Entry, blocking: false, except: null).ConfigureAwait(false);
-            _pool.Free(newContainer, newIndex, units);
-            _store.ClearJobCursor(jobId, 0);
-            return new(false, 0, pause.Elapsed, why, failed, false);
-        }
+        if (status != IoStatus.Ok) return await RollBackMoveAsync(why, failed).ConfigureAwait(false);
 
+        // Null when the source or the target was marked failed during the copy (bug 13): relocating would carry the
+        // source's Error rows to units that no live row then names (leaked), or put the segment on a failed container.
         var moved = _store.RelocateSegment(jobId, old.ContainerId, old.PhysicalIndex, newContainer, newIndex);
+        if (moved is null)
+            return await RollBackMoveAsync($"container {source.Name} or {target.Name} was marked failed during the move", 0).ConfigureAwait(false);
         await PushNewPlaceFrozenAsync(moved).ConfigureAwait(false);
         // Cursor first, then free: once the units are free another disk may map them, and a restart must not find
         // a "persisted" cursor that would reserve them again.
@@ -131,6 +131,17 @@ public sealed partial class DiskCoordinator
         pause.Stop();
         LogMoved(_log, disk.Name, refs.Count, source.Name, target.Name, pause.Elapsed.TotalMilliseconds);
         return new(true, disk.SegmentSizeBytes, pause.Elapsed, null, 0, false);
+
+        // The map never changed: give the agents the stored entries again (Error ones if the source failed meanwhile:
+        // its marking persisted them and pushes them too once it has the lock) and free the new units.
+        async Task<SegmentMove> RollBackMoveAsync(string? error, ushort failedContainer)
+        {
+            foreach (var r in refs)
+                await PushAsync(r.DiskId, r.Segment, 1, _store.GetEntry(r.DiskId, r.Segment), blocking: false, except: null).ConfigureAwait(false);
+            _pool.Free(newContainer, newIndex, units);
+            _store.ClearJobCursor(jobId, 0);
+            return new(false, 0, pause.Elapsed, error, failedContainer, false);
+        }
     }
 
     /// <summary>
@@ -212,7 +223,7 @@ public sealed partial class DiskCoordinator
     /// </summary>
     public async Task MarkContainerFailedAsync(ushort containerId, string reason)
     {
-        var rows = _store.MarkContainerFailed(containerId, reason);
+        _store.MarkContainerFailed(containerId, reason);
         _pool.SetFailed(containerId, true);
         var row = _store.ListContainers().FirstOrDefault(c => c.Id == containerId);
         if (row is null) return;
@@ -220,17 +231,23 @@ public sealed partial class DiskCoordinator
         var info = new ContainerInfo { Id = row.Id, Name = row.Name, Uri = row.Uri, Failed = true };
         foreach (var session in _sessions.Open())
             _ = session.SendCommand(new Command { UpsertContainer = new UpsertContainer { Container = info } });
-        foreach (var byDisk in rows.GroupBy(r => r.DiskId))
+        // Mark and push under each disk's lock what is on the container then, not the rows marked above (bug 14): a
+        // change holding the lock meanwhile may have committed a new row there (an allocation or copy-on-write that
+        // took its units before the pool knew the container failed) or released one (a zeroing left it Zero, and an
+        // Error pushed after that would stick in the agents). Every disk, not only those with rows there: the
+        // allocation in flight may be a disk's first row on the container. Once a disk's lock is ours, every change
+        // that took units before SetFailed has committed or given them back, and later ones cannot pick the container.
+        foreach (var disk in _store.ListDisks())
         {
-            using var _ = await LockDiskAsync(byDisk.Key).ConfigureAwait(false);
+            using var _ = await LockDiskAsync(disk.Id).ConfigureAwait(false);
             // Consecutive segments become one range command: Error voids the location, so one entry fills the run.
-            var segments = byDisk.Select(r => r.Segment).Order().ToList();
+            var segments = _store.MarkDiskRowsFailed(containerId, disk.Id);
             int i = 0;
             while (i < segments.Count)
             {
                 int j = i;
                 while (j + 1 < segments.Count && segments[j + 1] == segments[j] + 1) j++;
-                await PushAsync(byDisk.Key, segments[i], j - i + 1, MapEntry.Error, blocking: true, except: null).ConfigureAwait(false);
+                await PushAsync(disk.Id, segments[i], j - i + 1, MapEntry.Error, blocking: true, except: null).ConfigureAwait(false);
                 i = j + 1;
             }
         }

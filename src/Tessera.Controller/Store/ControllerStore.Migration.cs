@@ -136,13 +136,16 @@ public sealed partial class ControllerStore
     /// <summary>
     /// Moves one physical segment in the map: every row (of any disk) at the old location now names the new one,
     /// keeping its state bits, and the job's cursor says "persisted" - in one transaction.
-    /// Returns the rows as they are now.
+    /// Returns the rows as they are now; null, changing nothing, when either container is marked failed (a failure
+    /// marked during the copy made the old rows Error; the move must roll back, not carry them over).
     /// </summary>
-    public List<SegmentRow> RelocateSegment(long jobId, ushort oldContainer, long oldIndex, ushort newContainer, long newIndex)
+    public List<SegmentRow>? RelocateSegment(long jobId, ushort oldContainer, long oldIndex, ushort newContainer, long newIndex)
     {
         lock (_lock)
         {
             using var tx = _db.BeginTransaction();
+            if (Scalar(_db, tx, "SELECT count(*) FROM containers WHERE id IN ($oc, $nc) AND failed<>0", ("$oc", (long)oldContainer), ("$nc", (long)newContainer)) is not 0L)
+                return null;
             Exec(_db, tx, "UPDATE segments SET container_id=$nc, physical_index=$ni WHERE container_id=$oc AND physical_index=$oi",
                 ("$oc", (long)oldContainer), ("$oi", oldIndex), ("$nc", (long)newContainer), ("$ni", newIndex));
             Exec(_db, tx, "UPDATE migration_jobs SET cur_phase='persisted' WHERE id=$j", ("$j", jobId));
@@ -210,6 +213,24 @@ public sealed partial class ControllerStore
             Exec(_db, tx, "UPDATE segments SET states = states | 8 WHERE container_id=$c", ("$c", (long)containerId));
             tx.Commit();
             return rows.Select(r => r with { Entry = r.Entry.WithStates(EntryStates.Error, EntryStates.None) }).ToList();
+        }
+    }
+
+    /// <summary>
+    /// Marks Error every row of one disk on a failed container (again: one committed since the container was marked
+    /// is caught here) and returns the segments of that disk there that are Error now, in order.
+    /// </summary>
+    public List<long> MarkDiskRowsFailed(ushort containerId, ulong diskId)
+    {
+        lock (_lock)
+        {
+            using var cmd = Cmd(null, "SELECT disk_id, segment, container_id, physical_index, states FROM segments WHERE container_id=$c AND disk_id=$d ORDER BY segment",
+                ("$c", (long)containerId), ("$d", (long)diskId));
+            var rows = ReadRows(cmd);
+            // Usually every row is Error already (marked with the container): no commit, so no fsync per disk.
+            if (rows.Any(r => (r.Entry.States & EntryStates.Error) == 0))
+                Exec(_db, null, "UPDATE segments SET states = states | 8 WHERE container_id=$c AND disk_id=$d", ("$c", (long)containerId), ("$d", (long)diskId));
+            return rows.Select(r => r.Segment).ToList();
         }
     }
 
