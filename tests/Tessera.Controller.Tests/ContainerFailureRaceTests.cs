@@ -6,7 +6,7 @@ using Xunit;
 namespace Tessera.Controller.Tests;
 
 /// <summary>
-/// Marking a container failed while a change of a disk holds that disk's lock (simulation bug 14). The marking persists
+/// Marking a container failed while a change of a disk holds that disk's lock (simulation bug 17). The marking persists
 /// at once and pushes Error once it has each disk's lock; what it marks and pushes must be the map as it is then.
 /// </summary>
 public class ContainerFailureRaceTests

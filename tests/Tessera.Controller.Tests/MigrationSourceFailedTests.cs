@@ -6,7 +6,7 @@ using Xunit;
 
 namespace Tessera.Controller.Tests;
 
-/// <summary>A container marked failed while a migration copies one of its segments (simulation bug 13).</summary>
+/// <summary>A container marked failed while a migration copies one of its segments (simulation bug 16).</summary>
 public class MigrationSourceFailedTests
 {
     private const int Mi = 1 << 20;

@@ -117,7 +117,7 @@ public sealed partial class DiskCoordinator
         var (status, failed, why) = await CopyAsync(source, target, old.ContainerOffset, MapEntry.Mapped(newContainer, newIndex).ContainerOffset, disk.SegmentSizeBytes).ConfigureAwait(false);
         if (status != IoStatus.Ok) return await RollBackMoveAsync(why, failed).ConfigureAwait(false);
 
-        // Null when the source or the target was marked failed during the copy (bug 13): relocating would carry the
+        // Null when the source or the target was marked failed during the copy (bug 16): relocating would carry the
         // source's Error rows to units that no live row then names (leaked), or put the segment on a failed container.
         var moved = _store.RelocateSegment(jobId, old.ContainerId, old.PhysicalIndex, newContainer, newIndex);
         if (moved is null)
@@ -231,7 +231,7 @@ public sealed partial class DiskCoordinator
         var info = new ContainerInfo { Id = row.Id, Name = row.Name, Uri = row.Uri, Failed = true };
         foreach (var session in _sessions.Open())
             _ = session.SendCommand(new Command { UpsertContainer = new UpsertContainer { Container = info } });
-        // Mark and push under each disk's lock what is on the container then, not the rows marked above (bug 14): a
+        // Mark and push under each disk's lock what is on the container then, not the rows marked above (bug 17): a
         // change holding the lock meanwhile may have committed a new row there (an allocation or copy-on-write that
         // took its units before the pool knew the container failed) or released one (a zeroing left it Zero, and an
         // Error pushed after that would stick in the agents). Every disk, not only those with rows there: the
