@@ -20,11 +20,8 @@ public class ContainerFailureRaceTests
     [Fact]
     public async Task A_copy_on_write_committed_after_its_container_failed_is_marked_Error()
     {
-        await using var c = await TestCluster.StartAsync();
-        var a = await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "a", Uri = "file://" + Path.Combine(c.Directory, "a.img"), SizeBytes = 8 * Mi });
-        var d = await c.CreatePresentedDiskAsync("d", 4 * Mi, "h1");
-        var h1 = await c.ConnectAsync("h1");
-        Assert.True(new MapEntry((await h1.FaultAndWaitAsync(d.Id, 0, write: true)).Entries[0]).HasLocation);
+        var (c, a, d, h1) = await StartWithSegmentZeroOnAAsync();
+        await using var cluster = c;
         using var channel = GrpcChannel.ForAddress(c.Host.Url);
         await new Snapshots.SnapshotsClient(channel).CreateSnapshotAsync(new CreateSnapshotRequest { Disk = "d", Name = "s" });
 
@@ -38,9 +35,7 @@ public class ContainerFailureRaceTests
         ulong cow = await h1.FaultAsync(d.Id, 0, write: true); // the segment is shared with the snapshot: copy-on-write
         await copied.Task.WaitAsync(TestCluster.Timeout);
 
-        var ops = new Tessera.Core.Protocol.Operations.OperationsClient(channel);
-        var failing = ops.FailContainerAsync(new FailContainerRequest { Name = "a", Reason = "test: failed during a copy-on-write" }).ResponseAsync;
-        await WaitUntilAsync(() => c.Host.Core.Pool.IsFailed((ushort)a.Id), failing, "container a was not marked failed");
+        var failing = await StartFailingAAsync(channel, c, a, "test: failed during a copy-on-write");
         resume.TrySetResult();
         await h1.NextAsync(m => m.FaultResponse?.FaultId == cow);
         await failing.WaitAsync(TestCluster.Timeout);
@@ -57,11 +52,8 @@ public class ContainerFailureRaceTests
     [Fact]
     public async Task A_segment_zeroed_while_its_container_was_being_marked_failed_is_not_pushed_Error()
     {
-        await using var c = await TestCluster.StartAsync();
-        var a = await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "a", Uri = "file://" + Path.Combine(c.Directory, "a.img"), SizeBytes = 8 * Mi });
-        var d = await c.CreatePresentedDiskAsync("d", 4 * Mi, "h1");
-        var h1 = await c.ConnectAsync("h1");
-        Assert.True(new MapEntry((await h1.FaultAndWaitAsync(d.Id, 0, write: true)).Entries[0]).HasLocation);
+        var (c, a, d, h1) = await StartWithSegmentZeroOnAAsync();
+        await using var cluster = c;
 
         // Segment 1's allocation holds d's lock until h1 answers its blocking push.
         h1.AutoReply = false;
@@ -79,9 +71,7 @@ public class ContainerFailureRaceTests
         await WaitUntilAsync(() => c.Host.Core.Coordinator.WaitingWrites(d.Id) == 1, null, "the write fault behind the zeroing did not queue");
 
         using var channel = GrpcChannel.ForAddress(c.Host.Url);
-        var ops = new Tessera.Core.Protocol.Operations.OperationsClient(channel);
-        var failing = ops.FailContainerAsync(new FailContainerRequest { Name = "a", Reason = "test: failed while a zeroing waited" }).ResponseAsync;
-        await WaitUntilAsync(() => c.Host.Core.Pool.IsFailed((ushort)a.Id), failing, "container a was not marked failed");
+        var failing = await StartFailingAAsync(channel, c, a, "test: failed while a zeroing waited");
         h1.AutoReply = true;
         await h1.ReplyAsync(held);
 
@@ -101,6 +91,25 @@ public class ContainerFailureRaceTests
         Assert.True(pushedError.Count == 0, "the marking pushed Error for segment 0 after the zeroing had made it Zero");
         _ = allocation;
         _ = marker;
+    }
+
+    /// <summary>A cluster with container a, disk d presented to h1, and d's segment 0 mapped on a.</summary>
+    private static async Task<(TestCluster, ContainerView, DiskView, FakeAgent)> StartWithSegmentZeroOnAAsync()
+    {
+        var c = await TestCluster.StartAsync();
+        var a = await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "a", Uri = "file://" + Path.Combine(c.Directory, "a.img"), SizeBytes = 8 * Mi });
+        var d = await c.CreatePresentedDiskAsync("d", 4 * Mi, "h1");
+        var h1 = await c.ConnectAsync("h1");
+        Assert.True(new MapEntry((await h1.FaultAndWaitAsync(d.Id, 0, write: true)).Entries[0]).HasLocation);
+        return (c, a, d, h1);
+    }
+
+    /// <summary>Starts marking container a failed and returns once the pool knows (the marking's pushes still to come).</summary>
+    private static async Task<Task<ContainerView>> StartFailingAAsync(GrpcChannel channel, TestCluster c, ContainerView a, string reason)
+    {
+        var failing = new Tessera.Core.Protocol.Operations.OperationsClient(channel).FailContainerAsync(new FailContainerRequest { Name = "a", Reason = reason }).ResponseAsync;
+        await WaitUntilAsync(() => c.Host.Core.Pool.IsFailed((ushort)a.Id), failing, "container a was not marked failed");
+        return failing;
     }
 
     private static async Task WaitUntilAsync(Func<bool> condition, Task? failFast, string what)

@@ -22,13 +22,8 @@ public sealed partial class ControllerStore
         """;
 
     /// <summary>Schema 3 → 4 adds the table (empty: a v3 controller left no record of unfinished releases).</summary>
-    private static int MigrateReleasing(SqliteConnection db, SqliteTransaction tx, int version)
-    {
-        if (version != 3) return version;
-        if (Scalar(db, tx, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='releasing'") is 0L) Exec(db, tx, ReleasingSchema);
-        Exec(db, tx, "UPDATE meta SET value='4' WHERE key='schema_version'");
-        return 4;
-    }
+    private static int MigrateReleasing(SqliteConnection db, SqliteTransaction tx, int version) =>
+        MigrateAddingEmptyTable(db, tx, version, 3, "releasing", ReleasingSchema);
 
     private int UnitsPerSegmentOf(SqliteTransaction tx, ulong diskId) =>
         Scalar(_db, tx, "SELECT segment_size_bytes FROM disks WHERE id=$d", ("$d", (long)diskId)) is long bytes ? (int)(bytes / MapEntry.PhysicalUnitBytes) : 0;

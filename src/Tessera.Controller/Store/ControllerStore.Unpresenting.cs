@@ -21,13 +21,8 @@ public sealed partial class ControllerStore
         """;
 
     /// <summary>Schema 4 → 5 adds the table (empty: a v4 controller left no record of unfinished unpresents).</summary>
-    private static int MigrateUnpresenting(SqliteConnection db, SqliteTransaction tx, int version)
-    {
-        if (version != 4) return version;
-        if (Scalar(db, tx, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name='unpresenting'") is 0L) Exec(db, tx, UnpresentingSchema);
-        Exec(db, tx, "UPDATE meta SET value='5' WHERE key='schema_version'");
-        return 5;
-    }
+    private static int MigrateUnpresenting(SqliteConnection db, SqliteTransaction tx, int version) =>
+        MigrateAddingEmptyTable(db, tx, version, 4, "unpresenting", UnpresentingSchema);
 
     /// <summary>
     /// Removes a presentation and records it as being removed, in one transaction; false when there was none. The

@@ -137,6 +137,18 @@ public sealed partial class ControllerStore : IDisposable
         }
     }
 
+    /// <summary>
+    /// A schema step <paramref name="from"/> → <paramref name="from"/> + 1 that only adds an empty table (the older
+    /// controller kept no such record). The table may exist already in a store a test or a newer build prepared.
+    /// </summary>
+    private static int MigrateAddingEmptyTable(SqliteConnection db, SqliteTransaction tx, int version, int from, string table, string schema)
+    {
+        if (version != from) return version;
+        if (Scalar(db, tx, "SELECT count(*) FROM sqlite_master WHERE type='table' AND name=$t", ("$t", table)) is 0L) Exec(db, tx, schema);
+        Exec(db, tx, "UPDATE meta SET value=$v WHERE key='schema_version'", ("$v", (from + 1).ToString(CultureInfo.InvariantCulture)));
+        return from + 1;
+    }
+
     /// <summary>The schema as SQLite reports it (for the golden test).</summary>
     public string DumpSchema()
     {
