@@ -199,20 +199,17 @@ public sealed partial class ControllerStore
 
     /// <summary>
     /// Marks a container failed and every row on it Error (location kept, so its space stays accounted), in one
-    /// transaction. Returns the rows that changed. Failed only moves toward worse: an already failed container keeps its first reason.
+    /// transaction. Failed only moves toward worse: an already failed container keeps its first reason. The coordinator
+    /// pushes Error per disk from <see cref="MarkDiskRowsFailed"/>, under each disk's lock, not from what this marked.
     /// </summary>
-    public List<SegmentRow> MarkContainerFailed(ushort containerId, string reason)
+    public void MarkContainerFailed(ushort containerId, string reason)
     {
         lock (_lock)
         {
             using var tx = _db.BeginTransaction();
             Exec(_db, tx, "UPDATE containers SET failed=1, failure_reason=$r WHERE id=$c AND failed=0", ("$c", (long)containerId), ("$r", reason));
-            using var cmd = Cmd(tx, "SELECT disk_id, segment, container_id, physical_index, states FROM segments WHERE container_id=$c AND (states & 8) = 0 ORDER BY disk_id, segment",
-                ("$c", (long)containerId));
-            var rows = ReadRows(cmd);
             Exec(_db, tx, "UPDATE segments SET states = states | 8 WHERE container_id=$c", ("$c", (long)containerId));
             tx.Commit();
-            return rows.Select(r => r with { Entry = r.Entry.WithStates(EntryStates.Error, EntryStates.None) }).ToList();
         }
     }
 
