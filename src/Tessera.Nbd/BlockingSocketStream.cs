@@ -96,6 +96,111 @@ internal sealed class BlockingSocketStream : Stream
         catch (SocketException e) { throw new IOException(e.Message, e); }
     }
 
+    /// <summary>
+    /// Room left in the socket's send buffer (its size less the bytes not yet acknowledged), so a send of that many
+    /// bytes is not expected to wait for the client. 0 when the kernel does not say.
+    /// </summary>
+    public long SendSpaceBytes()
+    {
+        if (!OperatingSystem.IsLinux()) return 0;
+        bool added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            int fd = (int)_socket.SafeHandle.DangerousGetHandle();
+            if (Native.ioctl(fd, Native.SIOCOUTQ, out int queued) != 0) return 0;
+            int size = 0, sizeLength = sizeof(int);
+            if (Native.getsockopt(fd, Native.SOL_SOCKET, Native.SO_SNDBUF, ref size, ref sizeLength) != 0) return 0;
+            return (long)size - queued;
+        }
+        catch (ObjectDisposedException) { return 0; }
+        finally { if (added) _socket.SafeHandle.DangerousRelease(); }
+    }
+
+    /// <summary>
+    /// Sends the pending reply headers, then <paramref name="count"/> bytes of <paramref name="read"/> starting
+    /// <paramref name="skip"/> bytes into it, straight from the files (sendfile). One sender at a time. Throws
+    /// <see cref="NbdFileReadException"/> when a file fails, <see cref="IOException"/> when the socket does.
+    /// </summary>
+    public void SendFile(byte[] head, int headCount, NbdFileRead read, long skip, int count)
+    {
+        bool added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            int socket = (int)_socket.SafeHandle.DangerousGetHandle();
+            SendAll(socket, head, headCount);
+            for (int i = 0; i < read.Count && count > 0; i++)
+            {
+                long length = read.Length(i);
+                if (skip >= length) { skip -= length; continue; }
+                long offset = read.Offset(i) + skip;
+                int n = (int)Math.Min(length - skip, count);
+                skip = 0;
+                SendFileRange(socket, read.File(i), offset, n);
+                count -= n;
+            }
+        }
+        catch (ObjectDisposedException e) { throw new IOException("connection closed while sending", e); }
+        finally { if (added) _socket.SafeHandle.DangerousRelease(); }
+    }
+
+    private static unsafe void SendAll(int socket, byte[] data, int count)
+    {
+        int sent = 0;
+        while (sent < count)
+        {
+            nint n;
+            fixed (byte* p = &data[sent]) n = Native.send(socket, p, count - sent, Native.MSG_MORE);
+            if (n >= 0) { sent += (int)n; continue; }
+            int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+            if (errno != Native.EINTR) throw new IOException(errno == Native.EAGAIN ? "send timed out" : $"send failed (errno {errno})");
+        }
+    }
+
+    private static void SendFileRange(int socket, Microsoft.Win32.SafeHandles.SafeFileHandle file, long offset, int count)
+    {
+        bool added = false;
+        try
+        {
+            file.DangerousAddRef(ref added);
+            int fd = (int)file.DangerousGetHandle();
+            long end = offset + count;
+            while (offset < end)
+            {
+                nint n = Native.sendfile(socket, fd, ref offset, (nint)(end - offset));
+                if (n > 0) continue;
+                if (n == 0) throw new NbdFileReadException("the file ended before the range did");
+                int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                if (errno == Native.EINTR) continue;
+                if (errno == Native.EIO) throw new NbdFileReadException("reading the file failed (EIO)");
+                throw new IOException(errno == Native.EAGAIN ? "send timed out" : $"sendfile failed (errno {errno})");
+            }
+        }
+        catch (ObjectDisposedException e) { throw new NbdFileReadException("the file was closed: " + e.Message); }
+        finally { if (added) file.DangerousRelease(); }
+    }
+
+    private static class Native
+    {
+        public const int EINTR = 4, EIO = 5, EAGAIN = 11;
+        public const int MSG_MORE = 0x8000;
+        public const int SOL_SOCKET = 1, SO_SNDBUF = 7;
+        public const ulong SIOCOUTQ = 0x5411;
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern nint sendfile(int outFd, int inFd, ref long offset, nint count);
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern unsafe nint send(int fd, byte* buffer, nint count, int flags);
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern int ioctl(int fd, ulong request, out int value);
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern int getsockopt(int fd, int level, int name, ref int value, ref int length);
+    }
+
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         Write(buffer.Span);
