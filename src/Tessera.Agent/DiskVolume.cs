@@ -38,7 +38,7 @@ public interface IFaultSink
 /// restart or re-registration); the gate belongs to the volume, not the table, so a blocking command on the new
 /// table also waits for pieces still using the old one.
 /// </summary>
-public sealed partial class DiskVolume
+public sealed class DiskVolume
 {
     private const int MaxRetriesPerPiece = 64;
 

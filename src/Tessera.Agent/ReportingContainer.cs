@@ -7,16 +7,8 @@ namespace Tessera.Agent;
 /// Wraps a container so that every <see cref="IoStatus.IoError"/> it returns is reported (the controller then
 /// probes the container and marks it failed if the probe fails too). Results pass through unchanged.
 /// </summary>
-internal sealed class ReportingContainer(IStorageContainer inner, uint id, ContainerSet owner) : IStorageContainer, ISendFileSource
+internal sealed class ReportingContainer(IStorageContainer inner, uint id, ContainerSet owner) : IStorageContainer
 {
-    /// <summary>Passed through: a send-file read that fails is read again through <see cref="ReadAsync"/>, which reports it.</summary>
-    public bool TryGetSendFileHandle(out Microsoft.Win32.SafeHandles.SafeFileHandle handle)
-    {
-        if (inner is ISendFileSource source) return source.TryGetSendFileHandle(out handle);
-        handle = null!;
-        return false;
-    }
-
     public string Uri => inner.Uri;
     public long SizeBytes => inner.SizeBytes;
 

@@ -22,7 +22,7 @@ public sealed class AgentCatalog(AgentCore core) : INbdExportCatalog
 }
 
 /// <summary>One NBD connection's handle on a <see cref="DiskVolume"/>.</summary>
-public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : INbdExport, INbdFileReadExport
+public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : INbdExport
 {
     private readonly long _sizeBytes = volume.SizeBytes;
     private readonly bool _readOnly = volume.ReadOnly;
@@ -41,11 +41,6 @@ public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : I
 
     public ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken cancellationToken) =>
         volume.ReadAsync(offset, buffer, zeroExtents, cancellationToken);
-
-    public NbdFileRead CreateFileRead() => new VolumeFileRead();
-
-    public bool TryBeginFileRead(long offset, int length, NbdFileRead read) =>
-        volume.TryBeginFileRead(offset, length, (VolumeFileRead)read);
 
     public async ValueTask<IoStatus> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {

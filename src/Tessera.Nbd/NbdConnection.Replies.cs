@@ -115,10 +115,7 @@ internal sealed partial class NbdConnection
             BinaryPrimitives.WriteUInt64BigEndian(h[8..], ctx.Cookie);
             _sendLength += NbdWire.SimpleReplyHeaderBytes;
             if (ctx.Command == NbdWire.CmdRead && ctx.Errno == 0 && ctx.Length > 0)
-            {
-                if (ctx.FileReadActive) SendFromFiles(ctx, 0, (int)ctx.Length);
-                else await AppendPayloadAsync(ctx.Buffer, 0, (int)ctx.Length).ConfigureAwait(false);
-            }
+                await AppendPayloadAsync(ctx.Buffer, 0, (int)ctx.Length).ConfigureAwait(false);
             return;
         }
         if (ctx.Errno != 0)
@@ -194,8 +191,7 @@ internal sealed partial class NbdConnection
     private async ValueTask AppendDataChunkAsync(RequestContext ctx, long from, long to, ushort flags)
     {
         await AppendChunkHeaderAsync(ctx.Cookie, flags, NbdWire.ReplyTypeOffsetData, (uint)(8 + to - from), from).ConfigureAwait(false);
-        if (ctx.FileReadActive) SendFromFiles(ctx, (int)(from - (long)ctx.Offset), (int)(to - from));
-        else await AppendPayloadAsync(ctx.Buffer, (int)(from - (long)ctx.Offset), (int)(to - from)).ConfigureAwait(false);
+        await AppendPayloadAsync(ctx.Buffer, (int)(from - (long)ctx.Offset), (int)(to - from)).ConfigureAwait(false);
     }
 
     /// <summary>Appends a chunk header, plus the 8-byte offset when <paramref name="length"/> is at least 8.</summary>

@@ -34,8 +34,6 @@ internal sealed partial class NbdConnection
     private readonly NbdInput _input;
 
     private INbdExport _export = null!;
-    /// <summary>The export, when it can answer reads from files and this transport can send them (NbdConnection.FileReads.cs).</summary>
-    private INbdFileReadExport? _fileReads;
     private long _sizeBytes;
     private NbdExportCapabilities _caps;
     private bool _readOnly;
@@ -108,7 +106,6 @@ internal sealed partial class NbdConnection
             _sizeBytes = export.SizeBytes;
             _caps = export.Capabilities;
             _readOnly = export.ReadOnly;
-            _fileReads = export is INbdFileReadExport fileReads && _stream is BlockingSocketStream ? fileReads : null;
             transmitting = true;
             NbdLog.ExportOpened(_logger, _id, export.Name, _sizeBytes, TransmissionFlags(export), _structured, _baseAllocation);
             using var linkedOps = CancellationTokenSource.CreateLinkedTokenSource(_opsCts.Token, export.Closed);
@@ -201,7 +198,6 @@ internal sealed partial class NbdConnection
 
     private void ReturnContext(RequestContext ctx)
     {
-        EndFileRead(ctx);
         ctx.Reset();
         lock (_pool) _pool.Push(ctx);
         _slots.Release();
@@ -339,7 +335,6 @@ internal sealed partial class NbdConnection
         switch (ctx.Command)
         {
             case NbdWire.CmdRead:
-                if (TryBeginFileRead(ctx)) return ValueTask.FromResult(IoStatus.Ok);
                 ctx.EnsureBuffer((int)ctx.Length);
                 return _export.ReadAsync(offset, ctx.Payload, ctx.SendHoles ? ctx.Extents : null, ct);
             case NbdWire.CmdWrite:

@@ -46,7 +46,4 @@ internal static partial class NbdLog
 
     [LoggerMessage(EventId = 2012, Level = LogLevel.Error, Message = "NBD accept loop failed")]
     public static partial void AcceptFailed(ILogger logger, Exception exception);
-
-    [LoggerMessage(EventId = 2014, Level = LogLevel.Error, Message = "NBD connection {ConnectionId}: sending the read at {Offset} (+{Length}) from its file failed: {Reason}; ending the connection")]
-    public static partial void FileReadFailed(ILogger logger, long connectionId, long offset, uint length, string reason);
 }

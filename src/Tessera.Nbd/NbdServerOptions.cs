@@ -65,13 +65,6 @@ public sealed class NbdServerOptions
     public int InlineMaxBytes { get; set; } = int.MaxValue;
 
     /// <summary>
-    /// READs at least this large are sent straight from the export's files with sendfile() when the export can
-    /// resolve them to files (<see cref="INbdFileReadExport"/>) and the socket has room for them; smaller ones,
-    /// and every other case, are read into the request's buffer first. <see cref="int.MaxValue"/> turns it off.
-    /// </summary>
-    public int SendFileMinBytes { get; set; } = 64 * 1024;
-
-    /// <summary>
     /// Hand a WRITE to the connection's worker when more requests are already received behind it, so writes of a
     /// pipelined burst overlap with receiving the rest (queue depth 1 stays inline). See NbdConnection.Worker.cs.
     /// </summary>

@@ -23,10 +23,6 @@ internal sealed class RequestContext : IThreadPoolWorkItem
     /// <summary>True when the export's zero extents of a read become hole chunks.</summary>
     public bool SendHoles;
 
-    /// <summary>Set when the read is sent from files (<see cref="INbdFileReadExport"/>); ended when the context is returned.</summary>
-    public NbdFileRead? FileRead;
-    public bool FileReadActive;
-
     public byte[] Buffer = [];
     public readonly NbdExtentList Extents = new();
 

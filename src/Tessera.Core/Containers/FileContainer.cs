@@ -11,21 +11,17 @@ namespace Tessera.Core.Containers;
 /// microsecond or two, far cheaper than a hop to another thread. Callers that must not block (the NBD reader
 /// loop) already run each request on the thread pool.
 /// </summary>
-public sealed class FileContainer : IStorageContainer, ISendFileSource
+public sealed class FileContainer : IStorageContainer
 {
     private readonly SafeFileHandle _handle;
     private readonly long _sizeBytes;
     private int _punchHoleUnsupported;
 
-    /// <summary>A regular file on a file system that punches holes: zeroing never writes in place (see <see cref="ISendFileSource"/>).</summary>
-    private readonly bool _sendFileSafe;
-
-    private FileContainer(string uri, SafeFileHandle handle, long sizeBytes, bool sendFileSafe)
+    private FileContainer(string uri, SafeFileHandle handle, long sizeBytes)
     {
         Uri = uri;
         _handle = handle;
         _sizeBytes = sizeBytes;
-        _sendFileSafe = sendFileSafe;
     }
 
     public string Uri { get; }
@@ -39,12 +35,8 @@ public sealed class FileContainer : IStorageContainer, ISendFileSource
         if (!File.Exists(path)) throw new FileNotFoundException($"container file {path} does not exist", path);
         var handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite, FileShare.ReadWrite);
         long size = RandomAccess.GetLength(handle);
-        long deviceSize = size == 0 ? Native.DeviceSize(handle) : 0; // block devices report 0 through stat
-        bool regularFile = deviceSize == 0;
-        if (!regularFile) size = deviceSize;
-        // Punching past the end of the file touches no byte and tells whether this file system punches holes at all.
-        bool sendFileSafe = regularFile && Native.PunchHole(handle, size, 1);
-        return new FileContainer(uri, handle, size, sendFileSafe);
+        if (size == 0) size = Native.DeviceSize(handle); // block devices report 0 through stat
+        return new FileContainer(uri, handle, size);
     }
 
     /// <summary>Creates a sparse file of <paramref name="sizeBytes"/> (refuses to overwrite one that exists).</summary>
@@ -104,20 +96,8 @@ public sealed class FileContainer : IStorageContainer, ISendFileSource
     public ValueTask<IoStatus> FlushAsync(CancellationToken cancellationToken = default) =>
         new(Native.FdataSync(_handle) ? IoStatus.Ok : IoStatus.IoError);
 
-    public bool TryGetSendFileHandle(out SafeFileHandle handle)
-    {
-        handle = _handle;
-        return _sendFileSafe;
-    }
-
     public async ValueTask<IoStatus> ZeroAsync(long offset, long length, CancellationToken cancellationToken = default)
     {
-        if (_sendFileSafe)
-        {
-            // Never fall back to writing zeros here: pages a socket still sends from would change in place under a
-            // unit that may next belong to another disk (ISendFileSource). A failed punch is an I/O error.
-            return Native.PunchHole(_handle, offset, length) ? IoStatus.Ok : IoStatus.IoError;
-        }
         if (Volatile.Read(ref _punchHoleUnsupported) == 0)
         {
             if (Native.PunchHole(_handle, offset, length)) return IoStatus.Ok;
