@@ -4,6 +4,7 @@ using Microsoft.AspNetCore.Hosting;
 using Microsoft.AspNetCore.Hosting.Server;
 using Microsoft.AspNetCore.Hosting.Server.Features;
 using Microsoft.AspNetCore.Server.Kestrel.Core;
+using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using Tessera.Controller.Admin;
@@ -79,6 +80,22 @@ public sealed partial class ControllerHost : IAsyncDisposable
 
     internal ControllerCore Core => _core;
 
+    /// <summary>
+    /// The web host's defaults would read appsettings.json from the current directory and watch that directory for
+    /// changes (inotify), so a busy working directory (a log being written next to where `tessera up` was started)
+    /// woke a thread and stat()ed a file on every change, and a stray appsettings.json there could reconfigure
+    /// Kestrel. Tessera is configured by its command line only: the content root is the program's own directory and
+    /// nothing is watched.
+    /// </summary>
+    internal static readonly WebApplicationOptions HostBuilderOptions = new()
+    {
+        ContentRootPath = AppContext.BaseDirectory,
+        Args = ["--hostBuilder:reloadConfigOnChange=false"],
+    };
+
+    /// <summary>The configuration the web host was built with (tests check that it watches nothing).</summary>
+    internal IConfiguration HostConfiguration => _app.Configuration;
+
     public static async Task<ControllerHost> StartAsync(ControllerOptions options, ILoggerFactory loggerFactory, CancellationToken cancellationToken = default)
     {
         options.Validate();
@@ -87,7 +104,7 @@ public sealed partial class ControllerHost : IAsyncDisposable
         var core = new ControllerCore(options, loggerFactory);
         try
         {
-            var builder = WebApplication.CreateSlimBuilder();
+            var builder = WebApplication.CreateSlimBuilder(HostBuilderOptions);
             builder.Logging.ClearProviders();
             builder.Services.AddSingleton(loggerFactory);
             builder.Services.AddSingleton(core);
