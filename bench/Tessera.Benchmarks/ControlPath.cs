@@ -218,6 +218,11 @@ public static class ControlPath
         var readFaults = new List<double>(count);
         // CPU time of the whole process (controller and agent) per fault: unlike latency, barely moved by other load.
         var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        // What the runtime did per fault (process-wide, so controller and agent together): thread-pool work items
+        // (each one a hand-off between threads), managed bytes allocated, lock contentions, gen-0 collections.
+        long workItems0 = ThreadPool.CompletedWorkItemCount, bytes0 = GC.GetTotalAllocatedBytes(precise: false);
+        long contentions0 = Monitor.LockContentionCount;
+        int gen0 = GC.CollectionCount(0);
         int faultsDone = 0;
         for (long w = firstWindow; w < Math.Min(firstWindow + count, windows - 100); w++)
         {
@@ -232,6 +237,10 @@ public static class ControlPath
         }
         Report($"map fault, read of a never-loaded segment (agent → controller → agent), {label}", readFaults);
         ReportCpu($"read fault ({label})", cpuBefore, faultsDone, "µs");
+        double per = Math.Max(1, faultsDone);
+        Console.WriteLine($"  (per read fault ({label}): {(ThreadPool.CompletedWorkItemCount - workItems0) / per:F1} thread-pool work items, " +
+            $"{(GC.GetTotalAllocatedBytes(precise: false) - bytes0) / per:F0} B allocated, {(Monitor.LockContentionCount - contentions0) / per:F2} lock contentions; " +
+            $"{GC.CollectionCount(0) - gen0} gen-0 GCs in {faultsDone} faults)");
     }
 
     /// <summary>
