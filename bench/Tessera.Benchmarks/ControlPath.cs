@@ -26,6 +26,7 @@ namespace Tessera.Benchmarks;
 ///    start a new one, connect an NBD client, read 4 KiB of a mapped segment and check its bytes.
 ///
 /// Usage: Tessera.Benchmarks control [--cold-faults N] [--faults N] [--write-faults N] [--segments N] [--restarts N]
+/// [--commands N]; --restarts 0 skips part 3 and the long store fill it needs.
 /// </summary>
 public static class ControlPath
 {
@@ -159,8 +160,14 @@ public static class ControlPath
         Report($"blocking ChangeStates over {segments} loaded entries, controller → agent → reply", changeTimes, "ms");
         Console.WriteLine($"  (process CPU per command: SetEntries {setCpu.TotalMilliseconds / commands:F1} ms, ChangeStates {changeCpu.TotalMilliseconds / commands:F1} ms)");
 
-        // ---- 3. agent restart on a disk with every segment allocated
+        // ---- 3. agent restart on a disk with every segment allocated (--restarts 0 skips it, and its long store fill)
         await agent.StopAsync();
+        if (restarts == 0)
+        {
+            await controller.StopAsync();
+            channel.Dispose();
+            return;
+        }
         var restartDisk = core.Store.GetDisk("restart")!;
         await controller.StopAsync();
         channel.Dispose();
