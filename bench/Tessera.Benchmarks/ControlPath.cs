@@ -25,7 +25,8 @@ namespace Tessera.Benchmarks;
 /// 3. Agent restart to the first served mapped read on a disk with 1 Mi allocated segments: stop the agent,
 ///    start a new one, connect an NBD client, read 4 KiB of a mapped segment and check its bytes.
 ///
-/// Usage: Tessera.Benchmarks control [--faults N] [--write-faults N] [--segments N] [--restarts N]
+/// Usage: Tessera.Benchmarks control [--cold-faults N] [--faults N] [--write-faults N] [--segments N] [--restarts N]
+/// [--commands N]; --restarts 0 skips part 3 and the long store fill it needs.
 /// </summary>
 public static class ControlPath
 {
@@ -34,13 +35,14 @@ public static class ControlPath
 
     public static int Run(string[] args)
     {
-        int faults = 2000, writeFaults = 300, restarts = 5, commands = 7;
+        int coldFaults = 1000, faults = 2000, writeFaults = 300, restarts = 5, commands = 7;
         long segments = 1 << 20;
         for (int i = 0; i + 1 < args.Length; i += 2)
         {
             switch (args[i])
             {
                 case "--faults": faults = int.Parse(args[i + 1]); break;
+                case "--cold-faults": coldFaults = int.Parse(args[i + 1]); break;
                 case "--write-faults": writeFaults = int.Parse(args[i + 1]); break;
                 case "--segments": segments = long.Parse(args[i + 1]); break;
                 case "--restarts": restarts = int.Parse(args[i + 1]); break;
@@ -51,7 +53,7 @@ public static class ControlPath
         var dir = Path.Combine(Path.GetTempPath(), $"tessera-control-{Environment.ProcessId}");
         try
         {
-            RunAsync(dir, faults, writeFaults, segments, restarts, commands).GetAwaiter().GetResult();
+            RunAsync(dir, coldFaults, faults, writeFaults, segments, restarts, commands).GetAwaiter().GetResult();
             return 0;
         }
         finally
@@ -60,7 +62,7 @@ public static class ControlPath
         }
     }
 
-    private static async Task RunAsync(string dir, int faults, int writeFaults, long segments, int restarts, int commands)
+    private static async Task RunAsync(string dir, int coldFaults, int faults, int writeFaults, long segments, int restarts, int commands)
     {
         var loggers = NullLoggerFactory.Instance;
         var controllerDir = Path.Combine(dir, "controller");
@@ -69,6 +71,7 @@ public static class ControlPath
         long containerBytes = 2 * diskBytes + (64L << 20);
         var poolUri = new Uri(Path.Combine(dir, "pool0.img")).AbsoluteUri;
 
+        var sinceControllerStart = Stopwatch.StartNew();
         var controller = await ControllerHost.StartAsync(new ControllerOptions { DataDirectory = controllerDir, ListenAddress = "127.0.0.1:0" }, loggers);
         var channel = GrpcChannel.ForAddress(controller.Url);
         var admin = new Admin.AdminClient(channel);
@@ -85,25 +88,24 @@ public static class ControlPath
         var volume = await VolumeAsync(agent, "faults");
         var buffer = new byte[4096];
         long windows = segments / Window;
-        // Warm-up (JIT, gRPC connection, SQLite caches): the last windows of the disk, excluded from the figures.
+        // A few faults for the gRPC connection and SQLite caches, excluded from the figures: the last windows of the disk.
         for (int i = 0; i < 50; i++) await volume.ReadAsync((windows - 1 - i) * Window * (long)SegmentBytes, buffer, null, default);
-        var readFaults = new List<double>(faults);
-        // CPU time of the whole process (controller and agent) per fault: unlike latency, barely moved by other load.
-        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
-        int faultsDone = 0;
-        for (int i = 0; i < Math.Min(faults, windows - 100); i++)
-        {
-            long offset = (long)i * Window * SegmentBytes + 17L * SegmentBytes;
-            long sent = agent.Core.Counters.FaultsSent;
-            long t0 = Stopwatch.GetTimestamp();
-            var status = await volume.ReadAsync(offset, buffer, null, default);
-            double us = Stopwatch.GetElapsedTime(t0).TotalMicroseconds;
-            if (status != IoStatus.Ok) throw new InvalidOperationException($"read fault failed: {status}");
-            if (agent.Core.Counters.FaultsSent == sent + 1) readFaults.Add(us);
-            faultsDone++;
-        }
-        Report("map fault, read of a never-loaded segment (agent → controller → agent)", readFaults);
-        ReportCpu("read fault", cpuBefore, faultsDone, "µs");
+        // Cold: a process a second old, as every figure before 2026-11-27 06:00 was measured. Tiered compilation is
+        // still promoting methods in the background then, and its compiles are most of the process CPU.
+        long jitAtStart = System.Runtime.JitInfo.GetCompiledMethodCount();
+        await MeasureReadFaultsAsync(agent, volume, buffer, firstWindow: 0, coldFaults, "cold process");
+        Console.WriteLine($"  (methods compiled during the cold faults: {System.Runtime.JitInfo.GetCompiledMethodCount() - jitAtStart})");
+        // Warm: fault on the command disk (its table is overwritten whole by the commands below) until tiered
+        // compilation goes quiet and the controller's first lease (10 s, during which a read fault also checks for
+        // hosts that have not registered yet) is over, then measure again: a long-running agent and controller.
+        long jitBefore = System.Runtime.JitInfo.GetCompiledMethodCount();
+        int warmFaults = await WarmUpUntilJitQuietAsync(await VolumeAsync(agent, "command"), windows, buffer,
+            TimeSpan.FromMilliseconds(controller.Core.Options.LeaseMs + 500) - sinceControllerStart.Elapsed);
+        Console.WriteLine($"  (warm-up: {warmFaults} faults on the command disk, {System.Runtime.JitInfo.GetCompiledMethodCount() - jitBefore} methods compiled meanwhile)");
+        jitAtStart = System.Runtime.JitInfo.GetCompiledMethodCount();
+        await MeasureReadFaultsAsync(agent, volume, buffer, firstWindow: coldFaults, faults, "warm process");
+        Console.WriteLine($"  (methods compiled during the warm faults: {System.Runtime.JitInfo.GetCompiledMethodCount() - jitAtStart})");
+        faults = coldFaults; // the write faults below use the windows the cold reads loaded
 
         var allocFaults = new List<double>(writeFaults);
         for (int i = 0; i < writeFaults; i++)
@@ -158,8 +160,14 @@ public static class ControlPath
         Report($"blocking ChangeStates over {segments} loaded entries, controller → agent → reply", changeTimes, "ms");
         Console.WriteLine($"  (process CPU per command: SetEntries {setCpu.TotalMilliseconds / commands:F1} ms, ChangeStates {changeCpu.TotalMilliseconds / commands:F1} ms)");
 
-        // ---- 3. agent restart on a disk with every segment allocated
+        // ---- 3. agent restart on a disk with every segment allocated (--restarts 0 skips it, and its long store fill)
         await agent.StopAsync();
+        if (restarts == 0)
+        {
+            await controller.StopAsync();
+            channel.Dispose();
+            return;
+        }
         var restartDisk = core.Store.GetDisk("restart")!;
         await controller.StopAsync();
         channel.Dispose();
@@ -208,6 +216,61 @@ public static class ControlPath
         }
         Report($"agent start to first served mapped read (NBD), disk with {segments} allocated segments", restartTimes, "ms");
         await controller.StopAsync();
+    }
+
+    /// <summary>Read faults of distinct never-loaded windows from <paramref name="firstWindow"/> on; prints p50/p99 and process CPU per fault.</summary>
+    private static async Task MeasureReadFaultsAsync(AgentHost agent, DiskVolume volume, byte[] buffer, long firstWindow, int count, string label)
+    {
+        long windows = volume.Table.SegmentCount / Window;
+        var readFaults = new List<double>(count);
+        // CPU time of the whole process (controller and agent) per fault: unlike latency, barely moved by other load.
+        var cpuBefore = Process.GetCurrentProcess().TotalProcessorTime;
+        // What the runtime did per fault (process-wide, so controller and agent together): thread-pool work items
+        // (each one a hand-off between threads), managed bytes allocated, lock contentions, gen-0 collections.
+        long workItems0 = ThreadPool.CompletedWorkItemCount, bytes0 = GC.GetTotalAllocatedBytes(precise: false);
+        long contentions0 = Monitor.LockContentionCount;
+        int gen0 = GC.CollectionCount(0);
+        int faultsDone = 0;
+        for (long w = firstWindow; w < Math.Min(firstWindow + count, windows - 100); w++)
+        {
+            long offset = w * Window * SegmentBytes + 17L * SegmentBytes;
+            long sent = agent.Core.Counters.FaultsSent;
+            long t0 = Stopwatch.GetTimestamp();
+            var status = await volume.ReadAsync(offset, buffer, null, default);
+            double us = Stopwatch.GetElapsedTime(t0).TotalMicroseconds;
+            if (status != IoStatus.Ok) throw new InvalidOperationException($"read fault failed: {status}");
+            if (agent.Core.Counters.FaultsSent == sent + 1) readFaults.Add(us);
+            faultsDone++;
+        }
+        Report($"map fault, read of a never-loaded segment (agent → controller → agent), {label}", readFaults);
+        ReportCpu($"read fault ({label})", cpuBefore, faultsDone, "µs");
+        double per = Math.Max(1, faultsDone);
+        Console.WriteLine($"  (per read fault ({label}): {(ThreadPool.CompletedWorkItemCount - workItems0) / per:F1} thread-pool work items, " +
+            $"{(GC.GetTotalAllocatedBytes(precise: false) - bytes0) / per:F0} B allocated, {(Monitor.LockContentionCount - contentions0) / per:F2} lock contentions; " +
+            $"{GC.CollectionCount(0) - gen0} gen-0 GCs in {faultsDone} faults)");
+    }
+
+    /// <summary>
+    /// Read faults over the windows of <paramref name="volume"/> for at least <paramref name="minimum"/> (and two
+    /// seconds), and then until a round of 500 compiles almost no method (tier-1 promotion waits for ~30 calls and a
+    /// 100 ms quiet period, then compiles in the background); at most 20 seconds. Between rounds the agent's table is
+    /// invalidated locally (stricter than the controller's, so safe) so the same windows fault again. Returns the
+    /// number of faults made.
+    /// </summary>
+    private static async Task<int> WarmUpUntilJitQuietAsync(DiskVolume volume, long windows, byte[] buffer, TimeSpan minimum)
+    {
+        if (minimum < TimeSpan.FromSeconds(2)) minimum = TimeSpan.FromSeconds(2);
+        var elapsed = Stopwatch.StartNew();
+        int done = 0;
+        while (elapsed.Elapsed < TimeSpan.FromSeconds(20))
+        {
+            long compiled = System.Runtime.JitInfo.GetCompiledMethodCount();
+            volume.Table.InvalidateAll();
+            for (int i = 0; i < Math.Min(500, windows); i++, done++) await volume.ReadAsync(i * Window * (long)SegmentBytes, buffer, null, default);
+            await Task.Delay(150); // lets the background compiler's batch finish
+            if (elapsed.Elapsed > minimum && System.Runtime.JitInfo.GetCompiledMethodCount() - compiled < 5) break;
+        }
+        return done;
     }
 
     private static async Task<double> TimeCommandAsync(Tessera.Controller.Agents.AgentSession session, Command command, CancellationToken ct)

@@ -3,6 +3,7 @@ using System.Threading.Channels;
 using Grpc.Core;
 using Microsoft.Extensions.Logging;
 using Tessera.Core.Protocol;
+using Tessera.Core.Streams;
 
 namespace Tessera.Agent;
 
@@ -168,21 +169,41 @@ public sealed partial class ControllerConnection : IAsyncDisposable
         _transport.Dispose();
     }
 
-    /// <summary>One session's ordered, bounded send queue. A full queue ends the session rather than block the data path.</summary>
-    private sealed class GrpcLink(CancellationTokenSource sessionEnd) : IControllerLink
+    /// <summary>
+    /// One session's ordered, bounded send queue. A message sent while the stream is idle is written on the sender's
+    /// thread (InlineSendQueue: no pump to wake on the fault path). A full queue or a failed write ends the session
+    /// rather than block the data path.
+    /// </summary>
+    private sealed class GrpcLink : IControllerLink
     {
-        private readonly Channel<AgentMessage> _queue = Channel.CreateBounded<AgentMessage>(new BoundedChannelOptions(SendQueueLimit) { SingleReader = true });
+        private readonly CancellationTokenSource _sessionEnd;
+        private readonly InlineSendQueue<AgentMessage> _queue;
+
+        public GrpcLink(CancellationTokenSource sessionEnd)
+        {
+            _sessionEnd = sessionEnd;
+            _queue = new InlineSendQueue<AgentMessage>(SendQueueLimit, _ => EndSession());
+        }
 
         public void Send(AgentMessage message)
         {
-            if (!_queue.Writer.TryWrite(message) && !sessionEnd.IsCancellationRequested) sessionEnd.Cancel();
+            if (!_queue.TrySend(message)) EndSession();
         }
 
-        public void Complete() => _queue.Writer.TryComplete();
-
-        public async Task PumpAsync(IClientStreamWriter<AgentMessage> stream)
+        private void EndSession()
         {
-            await foreach (var message in _queue.Reader.ReadAllAsync(sessionEnd.Token)) await stream.WriteAsync(message);
+            if (_sessionEnd.IsCancellationRequested) return;
+            try { _sessionEnd.Cancel(); }
+            catch (ObjectDisposedException) { /* the session is already over */ }
+        }
+
+        public void Complete() => _queue.Complete();
+
+        /// <summary>Starts writing to <paramref name="stream"/>; the task completes once the link is complete and no write is in flight.</summary>
+        public Task PumpAsync(IClientStreamWriter<AgentMessage> stream)
+        {
+            _queue.Attach(stream.WriteAsync);
+            return _queue.Finished;
         }
     }
 

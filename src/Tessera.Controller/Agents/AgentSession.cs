@@ -1,7 +1,7 @@
 using System.Collections.Concurrent;
-using System.Threading.Channels;
 using Grpc.Core;
 using Tessera.Core.Protocol;
+using Tessera.Core.Streams;
 
 namespace Tessera.Controller.Agents;
 
@@ -29,8 +29,7 @@ public sealed class AgentSession
     public const int SendQueueCapacity = 4096;
     public const int MaxPendingCommands = 4096;
 
-    private readonly Channel<ControllerMessage> _queue = Channel.CreateBounded<ControllerMessage>(
-        new BoundedChannelOptions(SendQueueCapacity) { SingleReader = true, FullMode = BoundedChannelFullMode.Wait });
+    private readonly InlineSendQueue<ControllerMessage> _queue;
     private readonly ConcurrentDictionary<ulong, TaskCompletionSource<CommandReply>> _pending = new();
     private readonly ConcurrentDictionary<ulong, bool> _tables = new(); // disk id -> read-only
     private readonly CancellationTokenSource _closed = new();
@@ -46,6 +45,7 @@ public sealed class AgentSession
         NbdAddress = nbdAddress;
         _time = time;
         Lease = lease;
+        _queue = new InlineSendQueue<ControllerMessage>(SendQueueCapacity, e => Close("stream broken: " + e.Message));
         _lastAckedHeartbeatTimestamp = time.GetTimestamp(); // Registered counts as the first acknowledged heartbeat
         RegisteredAt = time.GetUtcNow();
         LastHeartbeatAt = RegisteredAt;
@@ -96,7 +96,8 @@ public sealed class AgentSession
     public bool Send(ControllerMessage message)
     {
         if (IsClosed) return false;
-        if (_queue.Writer.TryWrite(message)) return true;
+        if (_queue.TrySend(message)) return true;
+        if (IsClosed) return false; // closed meanwhile (or by a failed write), not full
         Close("send queue full: the agent is not reading its stream");
         return false;
     }
@@ -176,26 +177,29 @@ public sealed class AgentSession
             _closeReason = reason;
             _closed.Cancel();
         }
-        _queue.Writer.TryComplete();
+        _queue.Complete();
         foreach (var id in _pending.Keys)
             if (_pending.TryRemove(id, out var tcs)) tcs.TrySetResult(Failed(id, "session closed: " + reason));
     }
 
-    /// <summary>Drains the send queue into the response stream until the session closes or the stream breaks.</summary>
-    public async Task RunWriterAsync(IAsyncStreamWriter<ControllerMessage> stream, CancellationToken cancellationToken)
+    /// <summary>
+    /// Writes the send queue into the response stream until the session closes or the stream breaks. A message sent
+    /// while the stream is idle is written on the sender's thread (<see cref="InlineSendQueue{T}"/>): a fault's
+    /// answer leaves without waking a writer task. The task completes once the session closed and no write is in
+    /// flight, so the stream may be ended.
+    /// </summary>
+    public Task RunWriterAsync(IAsyncStreamWriter<ControllerMessage> stream, CancellationToken cancellationToken)
     {
-        try
-        {
-            await foreach (var message in _queue.Reader.ReadAllAsync(cancellationToken).ConfigureAwait(false))
-            {
-                if (IsClosed) break;
-                await stream.WriteAsync(message, cancellationToken).ConfigureAwait(false);
-            }
-        }
-        catch (Exception e) when (e is OperationCanceledException or IOException or InvalidOperationException or RpcException)
-        {
-            Close("stream broken: " + e.Message);
-        }
+        var closeOnCancel = cancellationToken.Register(static s => ((AgentSession)s!).Close("stream broken: the call ended"), this);
+        // A closed session sends nothing more (no HeartbeatAck may leave once its lease bound stopped moving).
+        _queue.Attach(message => IsClosed ? Task.CompletedTask : stream.WriteAsync(message, cancellationToken));
+        return FinishedAsync(closeOnCancel);
+    }
+
+    private async Task FinishedAsync(CancellationTokenRegistration closeOnCancel)
+    {
+        await _queue.Finished.ConfigureAwait(false);
+        await closeOnCancel.DisposeAsync().ConfigureAwait(false);
     }
 
     /// <summary>

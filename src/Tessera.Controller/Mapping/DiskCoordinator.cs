@@ -194,7 +194,7 @@ public sealed partial class DiskCoordinator
         // controller's table, which may predate a change that controller persisted but had not finished pushing (an
         // allocation: that host still reads Zero). Until the lease is over, hand out entries without write permission
         // and make write faults wait, so no write is acknowledged while a stale reader may exist.
-        var unregistered = UnregisteredHolderGrace(disk.Id, host: null);
+        var unregistered = UnregisteredHolderGrace(cached!);
         if (!fault.Write) return Retry(fault, disk, segment, presentation.ReadOnly || unregistered > TimeSpan.Zero);
         var entry = _store.GetEntry(disk.Id, segment);
         if (presentation.ReadOnly) return Fail(fault, IoStatus.NotPermitted, "the disk is presented read-only to this host");
@@ -349,6 +349,31 @@ public sealed partial class DiskCoordinator
         if (UnregisteredUnpresentedHost(diskId, host) is { } unpresented)
         {
             LogWaitingForUnregistered(_log, unpresented, diskId, (long)remaining.TotalMilliseconds);
+            return remaining;
+        }
+        return TimeSpan.Zero;
+    }
+
+    /// <summary>
+    /// <see cref="UnregisteredHolderGrace(ulong, string?)"/> for any host, from the disk's cached presentations (equal
+    /// to the committed store) instead of a query: every fault in the first lease after a restart, when all agents
+    /// reload their tables at once, asks it.
+    /// </summary>
+    private TimeSpan UnregisteredHolderGrace(CachedDisk cached)
+    {
+        var remaining = FirstLeaseRemaining;
+        if (remaining <= TimeSpan.Zero) return TimeSpan.Zero;
+        foreach (var host in cached.ReadOnlyByHost.Keys)
+        {
+            if (!_sessions.TablesSent(host))
+            {
+                LogWaitingForUnregistered(_log, host, cached.Disk.Id, (long)remaining.TotalMilliseconds);
+                return remaining;
+            }
+        }
+        if (UnregisteredUnpresentedHost(cached.Disk.Id, host: null) is { } unpresented)
+        {
+            LogWaitingForUnregistered(_log, unpresented, cached.Disk.Id, (long)remaining.TotalMilliseconds);
             return remaining;
         }
         return TimeSpan.Zero;
