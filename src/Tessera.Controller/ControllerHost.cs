@@ -88,8 +88,9 @@ public sealed partial class ControllerHost : IAsyncDisposable
         try
         {
             // No configuration reload: Tessera reads no appsettings.json, and the reload watcher (inotify on the content
-            // root, by default the working directory, recursively) woke a thread for every container write below it —
-            // 5-7 % of the process's CPU during 1 MiB writes (docs/benchmarks.md, "Ahead-requests and the JIT").
+            // root, by default the working directory, recursively) woke a thread for every container write below it:
+            // 3-7 % of the process's CPU samples during 1 MiB writes (docs/benchmarks.md, "Ahead-requests, the JIT and
+            // the page cache").
             var builder = WebApplication.CreateSlimBuilder(new WebApplicationOptions
             {
                 Args = ["--hostBuilder:reloadConfigOnChange=false"],
