@@ -15,8 +15,8 @@
 #   4. runs five fio workloads (--ioengine=nbd, one connection) against each server, interleaving the servers
 #      A B C D A B C D ... for --rounds rounds, each run time_based for --runtime seconds after a --ramp;
 #   5. measures the server's CPU time (utime+stime from /proc/PID/stat) around each run;
-#   6. separately, per round: writes a fresh thin Tessera disk (nothing allocated yet, on a sparse container of its
-#      own, so on never-used units) once from start to end, and the allocated disk the same way;
+#   6. separately, per round: writes a fresh thin Tessera disk (nothing allocated: every 1 MiB write faults to
+#      the controller first) once from start to end, and the allocated disk the same way;
 #   7. prints medians per workload and server, and the ratio Tessera / best peer; --out writes markdown.
 #
 # Optional server "tessera-file" (add it to --servers): Tessera's NBD server alone on the same file with no
@@ -294,11 +294,6 @@ done
 # ---------------------------------------------------------------- thin versus allocated
 if [[ $thin == 1 && -n "${pid_of[tessera]:-}" ]]; then
     tcli() { "$root/tessera" "$@" --controller "$controller_url" >>"$tmp/tessera-cli.log" 2>&1; }
-    # The thin disks get a sparse container of their own with room for every round, so each thin write lands on
-    # never-used units, as on a new pool (and as in bench/thin-write.sh). Without it the first thin disk took the rest of
-    # the 2 GiB pool `up` made (the last 1/16 of it with no allocate-ahead), and once deleted left the later rounds only
-    # freed units, which are zeroed on reuse and never mapped ahead: the row measured reused space, not a fresh disk.
-    tcli container add thinpool "file://$tmp/tessera/thinpool.img" --size "$(( rounds + 1 ))GiB"
     for round in $(seq "$rounds"); do
         disk="thin$round"
         tcli disk create "$disk" --size 1GiB

@@ -2,7 +2,11 @@
 # Fresh thin disk versus allocated disk, 1 MiB sequential writes at QD8, each byte written once (issue 5's
 # "fresh thin disk sequential write >= 0.8x the allocated disk"), for one or more Tessera builds side by side.
 #
-#   bench/thin-write.sh [--rounds N] [--size-gib G] [--roots "DIR_A DIR_B ..."] [--tmp-dir DIR] [--out FILE.md]
+#   bench/thin-write.sh [--rounds N] [--size-gib G] [--roots "DIR_A DIR_B ..."] [--tmp-dir DIR] [--warm W] [--out FILE.md]
+#
+# --warm W (default 0) first writes W thin disks of G GiB once per build (kept, so nothing is freed), so the control
+# path is compiled to its last tier before anything is measured, as in a server that has been running for a while: a
+# young process spends about half its CPU in the JIT during its first GiB of thin writes (docs/benchmarks.md).
 #
 # --tmp-dir (default /tmp) holds every store and container. On tmpfs (/dev/shm) no dirty-page writeback throttles the
 # writers, which isolates Tessera's own costs; it needs about (rounds + 2) x G GiB of memory per root. The controllers'
@@ -31,6 +35,7 @@ size_gib=1
 roots="$here"
 out=""
 tmp_dir="/tmp"
+warm=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
@@ -38,7 +43,8 @@ while [[ $# -gt 0 ]]; do
         --roots) roots="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --tmp-dir) tmp_dir="$2"; shift 2 ;;
-        -h|--help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --warm) warm="$2"; shift 2 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "thin-write: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -75,7 +81,14 @@ for r in $roots; do
     wait_export "nbd://127.0.0.1:$np/bench"
     say "$name ($r): allocating disk bench"
     fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$np/bench" --rw=write --bs=1m --iodepth=8 --size="${size_gib}g" >/dev/null
-    "$r/tessera" container add fresh "file://$tmp/$name/fresh.img" --size "$(( rounds * size_gib ))GiB" --controller "${ctl[$name]}" >/dev/null
+    "$r/tessera" container add fresh "file://$tmp/$name/fresh.img" --size "$(( (rounds + warm) * size_gib ))GiB" --controller "${ctl[$name]}" >/dev/null
+    for w in $(seq "$warm"); do
+        say "$name: warm-up thin disk $w/$warm"
+        "$r/tessera" disk create "warm$w" --size "${size_gib}GiB" --controller "${ctl[$name]}" >/dev/null
+        "$r/tessera" disk present "warm$w" --host local --controller "${ctl[$name]}" >/dev/null
+        wait_export "nbd://127.0.0.1:$np/warm$w"
+        fio --name=warm --ioengine=nbd --uri="nbd://127.0.0.1:$np/warm$w" --rw=write --bs=1m --iodepth=8 --size="${size_gib}g" >/dev/null
+    done
 done
 
 results="$tmp/results.tsv"
