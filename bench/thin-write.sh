@@ -2,7 +2,11 @@
 # Fresh thin disk versus allocated disk, 1 MiB sequential writes at QD8, each byte written once (issue 5's
 # "fresh thin disk sequential write >= 0.8x the allocated disk"), for one or more Tessera builds side by side.
 #
-#   bench/thin-write.sh [--rounds N] [--size-gib G] [--roots "DIR_A DIR_B ..."] [--tmp-dir DIR] [--out FILE.md]
+#   bench/thin-write.sh [--rounds N] [--size-gib G] [--roots "DIR_A DIR_B ..."] [--tmp-dir DIR] [--warm W] [--out FILE.md]
+#
+# --warm W (default 0) first writes W thin disks of G GiB once per build (kept, so nothing is freed), so the control
+# path is compiled to its last tier before anything is measured, as in a server that has been running for a while: a
+# young process spends about half its CPU in the JIT during its first GiB of thin writes (docs/benchmarks.md).
 #
 # --tmp-dir (default /tmp) holds every store and container. On tmpfs (/dev/shm) no dirty-page writeback throttles the
 # writers, which isolates Tessera's own costs; it needs about (rounds + 2) x G GiB of memory per root. The controllers'
@@ -18,6 +22,10 @@
 # Each round also measures the filesystem alone (row "filesystem"): fio --ioengine=psync 1 MiB writes into a new sparse
 # file in the same directory (the thin case: every write fills a hole), then over that file again (the allocated
 # case: blocks exist, pages are cached), which is the ceiling any server storing data in a sparse file can reach.
+# After each allocated pass the same disk is written once more with its container first written back and dropped from
+# the page cache (row "allocated, evicted first"; the filesystem row does the same to its file): then the allocated
+# write also fills new page-cache pages, as the thin one must, so thin / evicted separates what Tessera's thin path costs
+# from what the page cache's state costs.
 # Prints per-root medians of MiB/s and the ratio thin / allocated. Stops everything it started.
 set -euo pipefail
 
@@ -27,6 +35,7 @@ size_gib=1
 roots="$here"
 out=""
 tmp_dir="/tmp"
+warm=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --rounds) rounds="$2"; shift 2 ;;
@@ -34,7 +43,8 @@ while [[ $# -gt 0 ]]; do
         --roots) roots="$2"; shift 2 ;;
         --out) out="$2"; shift 2 ;;
         --tmp-dir) tmp_dir="$2"; shift 2 ;;
-        -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --warm) warm="$2"; shift 2 ;;
+        -h|--help) sed -n '2,29p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "thin-write: unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -71,7 +81,14 @@ for r in $roots; do
     wait_export "nbd://127.0.0.1:$np/bench"
     say "$name ($r): allocating disk bench"
     fio --name=fill --ioengine=nbd --uri="nbd://127.0.0.1:$np/bench" --rw=write --bs=1m --iodepth=8 --size="${size_gib}g" >/dev/null
-    "$r/tessera" container add fresh "file://$tmp/$name/fresh.img" --size "$(( rounds * size_gib ))GiB" --controller "${ctl[$name]}" >/dev/null
+    "$r/tessera" container add fresh "file://$tmp/$name/fresh.img" --size "$(( (rounds + warm) * size_gib ))GiB" --controller "${ctl[$name]}" >/dev/null
+    for w in $(seq "$warm"); do
+        say "$name: warm-up thin disk $w/$warm"
+        "$r/tessera" disk create "warm$w" --size "${size_gib}GiB" --controller "${ctl[$name]}" >/dev/null
+        "$r/tessera" disk present "warm$w" --host local --controller "${ctl[$name]}" >/dev/null
+        wait_export "nbd://127.0.0.1:$np/warm$w"
+        fio --name=warm --ioengine=nbd --uri="nbd://127.0.0.1:$np/warm$w" --rw=write --bs=1m --iodepth=8 --size="${size_gib}g" >/dev/null
+    done
 done
 
 results="$tmp/results.tsv"
@@ -82,6 +99,16 @@ run() { # root-name label disk
     fio --name=w --ioengine=nbd --uri="nbd://127.0.0.1:${nbd_port[$name]}/$disk" --rw=write --bs=1m --iodepth=8 \
         --size="${size_gib}g" --output-format=json --output="$json" >/dev/null
     printf '%s\t%s\t%s\n' "$name" "$label" "$json" >>"$results"
+}
+evict() { # files: written back, then dropped from the page cache (the "allocated, evicted" passes)
+    python3 - "$@" <<'PY'
+import os, sys
+for path in sys.argv[1:]:
+    fd = os.open(path, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
+PY
 }
 thin_disk() { # root name disk
     "$1/tessera" disk create "$3" --size "${size_gib}GiB" --controller "${ctl[$2]}" >/dev/null
@@ -99,11 +126,14 @@ for round in $(seq "$rounds"); do
         say "round $round/$rounds $name: thin, then allocated"
         run "$name" thin "thin$round"
         run "$name" allocated bench
+        evict "$tmp/$name/containers/pool0.img"
+        run "$name" evicted bench
     done
     fs_file="$tmp/fs-round$round.img"
     truncate -s "${size_gib}G" "$fs_file"
-    for label in thin allocated; do
+    for label in thin allocated evicted; do
         json="$tmp/fs-$label-$round.json"
+        [[ $label == evicted ]] && evict "$fs_file"
         fio --name=fs --filename="$fs_file" --ioengine=psync --rw=write --bs=1m --size="${size_gib}g" --fallocate=none \
             --invalidate=0 --output-format=json --output="$json" >/dev/null
         printf '%s\t%s\t%s\n' fs "$label" "$json" >>"$results"
@@ -131,14 +161,15 @@ bw = {}
 for name, label, path in rows:
     j = json.load(open(path))["jobs"][0]["write"]
     bw.setdefault((name, label), []).append(j["bw_bytes"] / 2**20)
-lines = ["| build | fresh thin MiB/s | allocated MiB/s | thin / allocated | thin on reused units MiB/s | runs (thin; allocated) |", "|---|--:|--:|--:|--:|---|"]
+lines = ["| build | fresh thin MiB/s | allocated MiB/s | thin / allocated | allocated, evicted first MiB/s | thin / allocated evicted | thin on reused units MiB/s | runs (thin; allocated; evicted) |", "|---|--:|--:|--:|--:|--:|--:|---|"]
 for i, root in enumerate(roots + ["filesystem (fio psync on a sparse file)"], 1):
     n = f"b{i}" if i <= len(roots) else "fs"
-    t, a, ru = bw.get((n, "thin"), []), bw.get((n, "allocated"), []), bw.get((n, "reused"), [])
+    t, a, ev, ru = bw.get((n, "thin"), []), bw.get((n, "allocated"), []), bw.get((n, "evicted"), []), bw.get((n, "reused"), [])
     if not t or not a: continue
     tm, am = statistics.median(t), statistics.median(a)
-    runs = "; ".join([" ".join(f"{x:.0f}" for x in t), " ".join(f"{x:.0f}" for x in a)])
-    lines.append(f"| {root} | {tm:,.0f} | {am:,.0f} | {tm / am:.2f} | {statistics.median(ru) if ru else 0:,.0f} | {runs} |")
+    em = statistics.median(ev) if ev else 0
+    runs = "; ".join(" ".join(f"{x:.0f}" for x in v) for v in (t, a, ev))
+    lines.append(f"| {root} | {tm:,.0f} | {am:,.0f} | {tm / am:.2f} | {em:,.0f} | {tm / em if em else 0:.2f} | {statistics.median(ru) if ru else 0:,.0f} | {runs} |")
 text = "\n".join(lines)
 print(text)
 if sys.argv[3]:

@@ -282,6 +282,11 @@ public sealed partial class AgentCore : IFaultSink
                 // A zeroing's answer only reports that the controller changed the table (it pushed the entries itself),
                 // and asking again would zero the range a second time, over writes made since: it completes even
                 // during a lapse, without installing anything. A map fault's answer is held and asked again.
+                if (!leaseHolds && pending.Message.Ahead)
+                {
+                    DropAheadAnswer(pending); // nothing waits on it: not asked again (AgentCore.Ahead.cs)
+                    return;
+                }
                 if (!leaseHolds && !pending.Message.Zero)
                 {
                     HoldAnswer(pending);
@@ -488,4 +493,8 @@ public sealed class AgentCounters
     public long ZeroFaultsSent;
     /// <summary>Map-fault answers dropped because they arrived while the lease was lapsed (asked again after the renewal).</summary>
     public long AnswersHeldWhileLapsed;
+    /// <summary>Ahead-requests sent (write faults no I/O waits on, ahead of a sequential writer).</summary>
+    public long AheadRequestsSent;
+    /// <summary>Ahead-requests the controller refused (no never-used space above the pool's reserve).</summary>
+    public long AheadRequestsRefused;
 }

@@ -22,6 +22,9 @@ public interface IFaultSink
     /// <summary>Asks the controller to return whole segments to Zero (a table change; no byte is written).</summary>
     ValueTask<FaultResult> ZeroFaultAsync(DiskVolume volume, long firstSegment, long count, CancellationToken cancellationToken);
 
+    /// <summary>An ahead-request: a write fault no I/O waits on (DiskVolume.Ahead.cs). Not supported unless implemented.</summary>
+    ValueTask<FaultResult> AheadFaultAsync(DiskVolume volume, long segment, CancellationToken cancellationToken) => new(FaultResult.Fail(IoStatus.NotSupported));
+
     /// <summary>False while the agent's lease is lapsed: no entry may then be used, every lookup faults.</summary>
     bool LeaseHolds() => true;
 }
@@ -38,7 +41,7 @@ public interface IFaultSink
 /// restart or re-registration); the gate belongs to the volume, not the table, so a blocking command on the new
 /// table also waits for pieces still using the old one.
 /// </summary>
-public sealed class DiskVolume
+public sealed partial class DiskVolume
 {
     private const int MaxRetriesPerPiece = 64;
 
@@ -108,6 +111,7 @@ public sealed class DiskVolume
     {
         if (!InRange(offset, data.Length)) return new(IoStatus.InvalidArgument);
         if (ReadOnly) return new(IoStatus.NotPermitted);
+        NoteWrite(offset, data.Length); // a sequential writer asks for its next window early (DiskVolume.Ahead.cs)
         int firstLength = FirstPieceLength(offset, data.Length);
         if (firstLength == data.Length) return WritePieceAsync(offset, data, cancellationToken);
         return WriteSplitAsync(offset, data, cancellationToken);

@@ -81,10 +81,11 @@ public sealed partial class ControllerHost : IAsyncDisposable
     internal ControllerCore Core => _core;
 
     /// <summary>
-    /// The web host's defaults would read appsettings.json from the current directory and watch that directory for
-    /// changes (inotify), so a busy working directory (a log being written next to where `tessera up` was started)
-    /// woke a thread and stat()ed a file on every change, and a stray appsettings.json there could reconfigure
-    /// Kestrel. Tessera is configured by its command line only: the content root is the program's own directory and
+    /// The web host's defaults would read appsettings.json from the current directory and watch that directory,
+    /// recursively, for changes (inotify): every write below it - container files under a `--data` directory in the
+    /// working directory, a log next to it - woke a thread that stat()ed the file (3-7 % of the process's CPU samples
+    /// during 1 MiB writes, docs/benchmarks.md "Ahead-requests, the JIT and the page cache"), and a stray
+    /// appsettings.json there could reconfigure Kestrel. Tessera is configured by its command line only: the content root is the program's own directory and
     /// nothing is watched.
     /// </summary>
     internal static readonly WebApplicationOptions HostBuilderOptions = new()

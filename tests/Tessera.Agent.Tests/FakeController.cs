@@ -31,6 +31,15 @@ internal sealed class FakeController : IControllerLink
     /// <summary>When set, write faults on Zero segments fail with this status instead of allocating.</summary>
     public IoStatus? FailAllocationsWith;
 
+    /// <summary>Ahead-requests received (they are also in <see cref="Faults"/> unless held).</summary>
+    public readonly ConcurrentQueue<MapFault> AheadFaults = new();
+
+    /// <summary>When true, ahead-requests are recorded in <see cref="AheadFaults"/> only, and answered by <see cref="Answer"/> when the test says.</summary>
+    public volatile bool HoldAhead;
+
+    /// <summary>When true, ahead-requests are refused with NO_SPACE, as the controller does when no never-used space lies above the reserve.</summary>
+    public volatile bool RefuseAhead;
+
     public FakeController(int segmentSizeBytes = 64 << 10, bool readOnly = false, long sizeBytes = 4 << 20)
     {
         var registry = new ContainerRegistry(uri => uri == Container.Uri ? Container : throw new IOException("no such container"));
@@ -59,6 +68,11 @@ internal sealed class FakeController : IControllerLink
     {
         switch (message.BodyCase)
         {
+            case AgentMessage.BodyOneofCase.Fault when message.Fault.Ahead:
+                AheadFaults.Enqueue(message.Fault);
+                if (RefuseAhead) Task.Run(() => Deliver(new FaultResponse { FaultId = message.Fault.FaultId, Outcome = FaultOutcome.Fail, Status = (uint)IoStatus.NoSpace }));
+                else if (!HoldAhead && AutoAnswer) Task.Run(() => Answer(message.Fault));
+                break;
             case AgentMessage.BodyOneofCase.Fault:
                 Faults.Enqueue(message.Fault);
                 if (AutoAnswer) Task.Run(() => Answer(message.Fault));

@@ -259,6 +259,7 @@ public sealed partial class Simulation
         int count = (int)Math.Min(sectors, _r.Next(4) == 0 ? _r.Next(1, 257) : _r.Next(1, 17));
         long first = _r.NextInt64(0, sectors - count + 1);
         if (_r.Next(4) == 0) first = Math.Max(0, Math.Min(sectors - count, (first / 128) * 128 + 128 - count / 2)); // straddle a segment boundary
+        if (kind < 40) first = StreamWriteStart(agent, disk, first, ref count, sectors); // Simulation.Streams.cs
         var op = new PendingOp($"{agent.Owner} {kind} {disk.Name} [{first},+{count})", agent, agent.Incarnation) { Disk = disk };
         if (Verbose) Console.WriteLine($"[{Clock.NowNs / 1_000_000,9} ms]   start op {op.Description} (next write id w{_checker.PeekNextWriteId})");
         _ops.Add(op);

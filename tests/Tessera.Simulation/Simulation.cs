@@ -168,6 +168,7 @@ public sealed partial class Simulation : IDisposable
                 Probe("agent.faults_sent", core.Counters.FaultsSent);
                 Probe("agent.faults_coalesced", core.Counters.FaultsCoalesced);
                 Probe("agent.zero_faults_sent", core.Counters.ZeroFaultsSent);
+                Probe("agent.ahead_requests_sent", Interlocked.Read(ref core.Counters.AheadRequestsSent));
                 Probe("agent.answers_held_while_lapsed", a.EarlierAnswersHeldWhileLapsed + core.Counters.AnswersHeldWhileLapsed);
             }
         return _result;

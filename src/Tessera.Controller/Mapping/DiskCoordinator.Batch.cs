@@ -29,7 +29,7 @@ public sealed partial class DiskCoordinator
 
     private long EnterWaiting(AgentSession session, MapFault fault)
     {
-        if (!fault.Write || fault.Zero) return 0;
+        if (!fault.Write || fault.Zero || fault.Ahead) return 0; // an ahead-request's segment is never batched: it may not take reused units or the reserve
         long ticket = Interlocked.Increment(ref _waitingSequence);
         _waitingWrites.GetOrAdd(fault.DiskId, _ => new()).TryAdd(ticket, (session, fault));
         return ticket;

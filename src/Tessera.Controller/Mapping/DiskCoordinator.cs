@@ -208,7 +208,8 @@ public sealed partial class DiskCoordinator
         if ((states & EntryStates.Zero) != 0)
             return await AllocateAsync(session, fault, disk, segment).ConfigureAwait(false);
         if ((states & EntryStates.NoWrite) != 0)
-            return await WriteToSharedAsync(session, fault, disk, segment, entry).ConfigureAwait(false);
+            return fault.Ahead ? Retry(fault, disk, segment, false) // an ahead-request copies nothing: it only loads
+                : await WriteToSharedAsync(session, fault, disk, segment, entry).ConfigureAwait(false);
         throw new InvalidOperationException($"stored entry {entry} of disk {disk.Name} segment {segment} has an impossible state");
     }
 
@@ -224,6 +225,8 @@ public sealed partial class DiskCoordinator
         var segments = QueuedZeroSegments(disk, segment);
         segments.Insert(0, segment);
         var taken = new List<(long Segment, MapEntry Entry, bool NeverUsed)>(segments.Count);
+        // An ahead-request's own segment: never-used units above the reserve, or nothing (DiskCoordinator.AheadRequests.cs).
+        if (fault.Ahead && !TakeRequestedAhead(segment, units, segments, taken)) return RefuseAhead(fault);
         foreach (long s in segments)
         {
             if (!_pool.TryAllocate(units, out ushort c, out long first, out bool neverUsed)) break;
