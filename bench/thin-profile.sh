@@ -14,17 +14,8 @@ d="$(mktemp -d /tmp/thinnext-prof.XXXXXX)"
 pid=""
 cleanup() { [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null; rm -rf "$d"; }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_export() { local i; for i in $(seq 600); do nbdinfo --size "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; return 1; }
-np="$(free_port)"; cp="$(free_port)"
-DOTNET_PerfMapEnabled=1 "$root/tessera" up --data "$d" --nbd-listen "127.0.0.1:$np" --controller-listen "127.0.0.1:$cp" --disk bench --size 1GiB >"$d/log" 2>&1 &
-pid=$!
-wait_export "nbd://127.0.0.1:$np/bench"
-"$root/tessera" disk create warm --size 1GiB --controller "http://127.0.0.1:$cp" >/dev/null
-"$root/tessera" disk present warm --host local --controller "http://127.0.0.1:$cp" >/dev/null
-wait_export "nbd://127.0.0.1:$np/warm"
-fio --name=warm --ioengine=nbd --uri="nbd://127.0.0.1:$np/warm" --rw=write --bs=1m --iodepth=8 --size=1g >/dev/null
-proc="$(pgrep -P "$pid" -f tessera.dll || echo "$pid")"
+source "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lib/warm-tessera.sh"
+DOTNET_PerfMapEnabled=1 start_warm_tessera "$root" "$d"
 for pass in thin allocated; do
   perf record -F 999 -g -p "$proc" -o "$out.$pass.data" 2>/dev/null &
   pp=$!

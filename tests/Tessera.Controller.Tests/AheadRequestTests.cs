@@ -10,7 +10,6 @@ namespace Tessera.Controller.Tests;
 public class AheadRequestTests
 {
     private const int Mi = 1 << 20;
-    private static long s_nextId = 1L << 40; // far from FakeAgent's own fault ids
 
     private static async Task<(TestCluster C, DiskView Disk, FakeAgent H1)> StartAsync(long poolBytes, long diskBytes, int bound, bool freshPool = true)
     {
@@ -24,24 +23,6 @@ public class AheadRequestTests
         return (c, d, await c.ConnectAsync("h1"));
     }
 
-    /// <summary>Sends a fault (an ahead-request when <paramref name="ahead"/>); returns the answer and the segments pushed Invalid before it.</summary>
-    private static async Task<(FaultResponse Answer, HashSet<long> Pushed)> FaultAsync(FakeAgent h, ulong diskId, long segment, bool ahead)
-    {
-        ulong id = (ulong)Interlocked.Increment(ref s_nextId);
-        await h.SendAsync(new AgentMessage { Fault = new MapFault { FaultId = id, DiskId = diskId, Segment = (ulong)segment, Write = true, Ahead = ahead, SeenEntry = MapEntry.Zero.Raw } });
-        var pushed = new HashSet<long>();
-        while (true)
-        {
-            var m = await h.NextAsync();
-            if (m.FaultResponse is { } r && r.FaultId == id) return (r, pushed);
-            if (m.Command?.SetEntries is { } set)
-            {
-                Assert.All(set.Entries, e => Assert.Equal(MapEntry.Invalid.Raw, e));
-                for (ulong s = set.FirstSegment; s < set.FirstSegment + set.Count; s++) pushed.Add((long)s);
-            }
-        }
-    }
-
     private static async Task<long> AllocatedAsync(TestCluster c) => (long)(await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments;
 
     // Proves an ahead-request on the segment after a sequential writer's last allocation is served as that writer's own
@@ -52,13 +33,13 @@ public class AheadRequestTests
     {
         var (c, d, h1) = await StartAsync(512L * Mi, 128L * Mi, bound: 8);
         await using var _ = c;
-        var (first, _) = await FaultAsync(h1, d.Id, 0, ahead: false);
+        var (first, _) = await h1.WriteFaultCollectingPushesAsync(d.Id, 0, MapEntry.Zero.Raw, ahead: false);
         Assert.Equal(FaultOutcome.Retry, first.Outcome);
         long next = 1;
         var locations = new HashSet<long>();
         foreach (int window in new[] { 1, 2, 4, 8 })
         {
-            var (answer, pushed) = await FaultAsync(h1, d.Id, next, ahead: true);
+            var (answer, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, next, MapEntry.Zero.Raw, ahead: true);
             Assert.Equal(FaultOutcome.Retry, answer.Outcome);
             Assert.Equal(window, c.Host.Core.Coordinator.AllocateAheadWindow(d.Id));
             long end = next + 1 + window;
@@ -84,12 +65,12 @@ public class AheadRequestTests
     {
         var (c, d, h1) = await StartAsync(64L * Mi, 32L * Mi, bound: 8, freshPool: false);
         await using var _ = c;
-        var (refused, pushed) = await FaultAsync(h1, d.Id, 0, ahead: true);
+        var (refused, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, 0, MapEntry.Zero.Raw, ahead: true);
         Assert.Equal(FaultOutcome.Fail, refused.Outcome);
         Assert.Equal((uint)IoStatus.NoSpace, refused.Status);
         Assert.Empty(pushed);
         Assert.Equal(0, await AllocatedAsync(c));
-        var (served, _) = await FaultAsync(h1, d.Id, 0, ahead: false);
+        var (served, _) = await h1.WriteFaultCollectingPushesAsync(d.Id, 0, MapEntry.Zero.Raw, ahead: false);
         Assert.Equal(FaultOutcome.Retry, served.Outcome);
         Assert.Equal(1, await AllocatedAsync(c));
     }
@@ -101,13 +82,13 @@ public class AheadRequestTests
     {
         var (c, d, h1) = await StartAsync(32L * Mi, 64L * Mi, bound: 0);
         await using var _ = c;
-        for (long s = 0; s < 30; s++) Assert.Equal(FaultOutcome.Retry, (await FaultAsync(h1, d.Id, s, ahead: false)).Answer.Outcome);
-        Assert.Equal(FaultOutcome.Retry, (await FaultAsync(h1, d.Id, 30, ahead: false)).Answer.Outcome); // 1 of 32 left after this one
-        var (refused, _) = await FaultAsync(h1, d.Id, 31, ahead: true);
+        for (long s = 0; s < 30; s++) Assert.Equal(FaultOutcome.Retry, (await h1.WriteFaultCollectingPushesAsync(d.Id, s, MapEntry.Zero.Raw, ahead: false)).Answer.Outcome);
+        Assert.Equal(FaultOutcome.Retry, (await h1.WriteFaultCollectingPushesAsync(d.Id, 30, MapEntry.Zero.Raw, ahead: false)).Answer.Outcome); // 1 of 32 left after this one
+        var (refused, _) = await h1.WriteFaultCollectingPushesAsync(d.Id, 31, MapEntry.Zero.Raw, ahead: true);
         Assert.Equal(FaultOutcome.Fail, refused.Outcome);
         Assert.Equal((uint)IoStatus.NoSpace, refused.Status);
         Assert.Equal(31, await AllocatedAsync(c));
-        Assert.Equal(FaultOutcome.Retry, (await FaultAsync(h1, d.Id, 31, ahead: false)).Answer.Outcome);
+        Assert.Equal(FaultOutcome.Retry, (await h1.WriteFaultCollectingPushesAsync(d.Id, 31, MapEntry.Zero.Raw, ahead: false)).Answer.Outcome);
         Assert.Equal(32, await AllocatedAsync(c));
     }
 
@@ -118,17 +99,17 @@ public class AheadRequestTests
     {
         var (c, d, h1) = await StartAsync(64L * Mi, 16L * Mi, bound: 0);
         await using var _ = c;
-        Assert.Equal(FaultOutcome.Retry, (await FaultAsync(h1, d.Id, 3, ahead: false)).Answer.Outcome);
+        Assert.Equal(FaultOutcome.Retry, (await h1.WriteFaultCollectingPushesAsync(d.Id, 3, MapEntry.Zero.Raw, ahead: false)).Answer.Outcome);
         using (var channel = GrpcChannel.ForAddress(c.Host.Url))
             await new Snapshots.SnapshotsClient(channel).CreateSnapshotAsync(new CreateSnapshotRequest { Disk = "d", Name = "s" });
         var shared = c.Host.Core.Store.GetEntry(d.Id, 3);
         Assert.Equal(EntryStates.NoWrite, shared.States);
-        var (answer, pushed) = await FaultAsync(h1, d.Id, 3, ahead: true);
+        var (answer, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, 3, MapEntry.Zero.Raw, ahead: true);
         Assert.Equal(FaultOutcome.Retry, answer.Outcome);
         Assert.Empty(pushed);
         Assert.Equal(shared, c.Host.Core.Store.GetEntry(d.Id, 3));
         Assert.Equal(shared, new MapEntry(answer.Entries[3]));
-        Assert.Equal(FaultOutcome.Retry, (await FaultAsync(h1, d.Id, 3, ahead: false)).Answer.Outcome);
+        Assert.Equal(FaultOutcome.Retry, (await h1.WriteFaultCollectingPushesAsync(d.Id, 3, MapEntry.Zero.Raw, ahead: false)).Answer.Outcome);
         Assert.NotEqual(shared.PhysicalIndex, c.Host.Core.Store.GetEntry(d.Id, 3).PhysicalIndex); // the write's own fault copied
     }
 }

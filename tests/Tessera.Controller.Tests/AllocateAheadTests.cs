@@ -24,23 +24,6 @@ public class AllocateAheadTests
         return (c, d, await c.ConnectAsync("h1"));
     }
 
-    /// <summary>Faults a first write to <paramref name="segment"/>; returns the answer and the segments pushed Invalid before it.</summary>
-    private static async Task<(FaultResponse Answer, HashSet<long> Pushed)> WriteFaultAsync(FakeAgent h, ulong diskId, long segment)
-    {
-        ulong id = await h.FaultAsync(diskId, (ulong)segment, write: true);
-        var pushed = new HashSet<long>();
-        while (true)
-        {
-            var m = await h.NextAsync();
-            if (m.FaultResponse is { } r && r.FaultId == id) return (r, pushed);
-            if (m.Command?.SetEntries is { } set)
-            {
-                Assert.All(set.Entries, e => Assert.Equal(MapEntry.Invalid.Raw, e));
-                for (ulong s = set.FirstSegment; s < set.FirstSegment + set.Count; s++) pushed.Add((long)s);
-            }
-        }
-    }
-
     private static long MappedCount(FaultResponse r) => r.Entries.Count(e => new MapEntry(e).HasLocation);
 
     private static async Task<long> AllocatedAsync(TestCluster c) => (long)(await c.Admin.GetDiskAsync(new DiskRef { Name = "d" })).AllocatedSegments;
@@ -58,7 +41,7 @@ public class AllocateAheadTests
         var locations = new HashSet<long>();
         foreach (int window in expectedWindows)
         {
-            var (answer, pushed) = await WriteFaultAsync(h1, d.Id, next);
+            var (answer, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, next);
             Assert.Equal(FaultOutcome.Retry, answer.Outcome);
             Assert.Equal(window, c.Host.Core.Coordinator.AllocateAheadWindow(d.Id));
             long end = next + 1 + window;
@@ -92,7 +75,7 @@ public class AllocateAheadTests
         long[] segments = [0, 2, 10, 41, 100, 40, 200, 150, 70, 250, 20, 120, 180];
         for (int i = 0; i < segments.Length; i++)
         {
-            var (answer, pushed) = await WriteFaultAsync(h1, d.Id, segments[i]);
+            var (answer, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, segments[i]);
             Assert.Equal(FaultOutcome.Retry, answer.Outcome);
             Assert.Equal(0, c.Host.Core.Coordinator.AllocateAheadWindow(d.Id));
             Assert.Equal(new[] { segments[i] }, pushed.Order());
@@ -109,7 +92,7 @@ public class AllocateAheadTests
         await using var _ = c;
         for (long s = 0; s < 6; s++)
         {
-            var (answer, pushed) = await WriteFaultAsync(h1, d.Id, s);
+            var (answer, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, s);
             Assert.Equal(FaultOutcome.Retry, answer.Outcome);
             Assert.Equal(new[] { s }, pushed.Order());
             Assert.Equal(s + 1, MappedCount(answer));
@@ -139,25 +122,25 @@ public class AllocateAheadTests
         while (await FreeSegmentsAsync() > reserve)
         {
             long before = await FreeSegmentsAsync();
-            var (answer, _) = await WriteFaultAsync(h1, d.Id, next);
+            var (answer, _) = await h1.WriteFaultCollectingPushesAsync(d.Id, next);
             Assert.Equal(FaultOutcome.Retry, answer.Outcome);
             long after = await FreeSegmentsAsync();
             Assert.True(after >= Math.Min(reserve, before - 1), $"ahead took the reserve: {before} free before, {after} after");
             next = await AllocatedAsync(c);
         }
         Assert.True(c.Host.Core.Coordinator.AllocateAheadWindow(d.Id) > 1, "the window never opened; the test proves nothing");
-        var (otherAnswer, _) = await WriteFaultAsync(h1, other.Id, 0);
+        var (otherAnswer, _) = await h1.WriteFaultCollectingPushesAsync(other.Id, 0);
         Assert.Equal(FaultOutcome.Retry, otherAnswer.Outcome);
         Assert.True(new MapEntry(otherAnswer.Entries[0]).HasLocation);
         // The writer gets the rest one segment at a time, then a clean ENOSPC.
         while (await FreeSegmentsAsync() > 0)
         {
             long before = await AllocatedAsync(c);
-            var (answer, _) = await WriteFaultAsync(h1, d.Id, before);
+            var (answer, _) = await h1.WriteFaultCollectingPushesAsync(d.Id, before);
             Assert.Equal(FaultOutcome.Retry, answer.Outcome);
             Assert.Equal(before + 1, await AllocatedAsync(c));
         }
-        var (full, _) = await WriteFaultAsync(h1, d.Id, await AllocatedAsync(c));
+        var (full, _) = await h1.WriteFaultCollectingPushesAsync(d.Id, await AllocatedAsync(c));
         Assert.Equal(FaultOutcome.Fail, full.Outcome);
         Assert.Equal((uint)IoStatus.NoSpace, full.Status);
     }
@@ -170,7 +153,7 @@ public class AllocateAheadTests
         await using var _ = c;
         for (long s = 0; s < 5; s++)
         {
-            var (answer, pushed) = await WriteFaultAsync(h1, d.Id, s);
+            var (answer, pushed) = await h1.WriteFaultCollectingPushesAsync(d.Id, s);
             Assert.Equal(new[] { s }, pushed.Order());
             Assert.Equal(s + 1, await AllocatedAsync(c));
         }
@@ -187,7 +170,7 @@ public class AllocateAheadTests
         var (c, d, h1) = await StartAsync(256L * Mi, 64L * Mi, bound: 16);
         await using var _ = c;
         long next = 0;
-        for (int i = 0; i < 4; i++) next = MappedCount((await WriteFaultAsync(h1, d.Id, next)).Answer);
+        for (int i = 0; i < 4; i++) next = MappedCount((await h1.WriteFaultCollectingPushesAsync(d.Id, next)).Answer);
         Assert.True(next > 4, "nothing was mapped ahead; the test proves nothing");
         var before = c.Host.Core.Store.GetSegments(d.Id, 0, next).Select(r => r.Entry).ToList();
 
@@ -202,7 +185,7 @@ public class AllocateAheadTests
         var other = await c.Admin.CreateDiskAsync(new CreateDiskRequest { Name = "other", SizeBytes = 8L * Mi });
         await c.Admin.PresentDiskAsync(new PresentRequest { Disk = "other", Host = "h2" });
         var h2 = await c.ConnectAsync("h2");
-        var (answer, _) = await WriteFaultAsync(h2, other.Id, 0);
+        var (answer, _) = await h2.WriteFaultCollectingPushesAsync(other.Id, 0);
         Assert.True(new MapEntry(answer.Entries[0]).PhysicalIndex >= mark);
     }
 }

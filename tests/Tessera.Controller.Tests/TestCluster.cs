@@ -3,6 +3,7 @@ using System.Threading.Channels;
 using Grpc.Core;
 using Grpc.Net.Client;
 using Microsoft.Extensions.Logging.Abstractions;
+using Tessera.Core.Mapping;
 using Tessera.Core.Protocol;
 
 namespace Tessera.Controller.Tests;
@@ -164,11 +165,31 @@ public sealed class FakeAgent : IAsyncDisposable
     public Task ReplyAsync(Command command, bool ok = true) =>
         SendAsync(new AgentMessage { Reply = new CommandReply { CommandId = command.CommandId, Ok = ok } });
 
-    public async Task<ulong> FaultAsync(ulong diskId, ulong segment, bool write, ulong seenEntry = 1)
+    public async Task<ulong> FaultAsync(ulong diskId, ulong segment, bool write, ulong seenEntry = 1, bool ahead = false)
     {
         ulong id = (ulong)Interlocked.Increment(ref _nextFaultId);
-        await SendAsync(new AgentMessage { Fault = new MapFault { FaultId = id, DiskId = diskId, Segment = segment, Write = write, SeenEntry = seenEntry } });
+        await SendAsync(new AgentMessage { Fault = new MapFault { FaultId = id, DiskId = diskId, Segment = segment, Write = write, SeenEntry = seenEntry, Ahead = ahead } });
         return id;
+    }
+
+    /// <summary>
+    /// Faults a first write to <paramref name="segment"/> (an ahead-request when <paramref name="ahead"/>); returns the
+    /// answer and the segments pushed Invalid before it (every push before the answer must be Invalid).
+    /// </summary>
+    public async Task<(FaultResponse Answer, HashSet<long> Pushed)> WriteFaultCollectingPushesAsync(ulong diskId, long segment, ulong seenEntry = 1, bool ahead = false)
+    {
+        ulong id = await FaultAsync(diskId, (ulong)segment, write: true, seenEntry, ahead);
+        var pushed = new HashSet<long>();
+        while (true)
+        {
+            var m = await NextAsync();
+            if (m.FaultResponse is { } r && r.FaultId == id) return (r, pushed);
+            if (m.Command?.SetEntries is { } set)
+            {
+                Assert.All(set.Entries, e => Assert.Equal(MapEntry.Invalid.Raw, e));
+                for (ulong s = set.FirstSegment; s < set.FirstSegment + set.Count; s++) pushed.Add((long)s);
+            }
+        }
     }
 
     /// <summary>
