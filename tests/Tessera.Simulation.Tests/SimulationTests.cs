@@ -105,6 +105,16 @@ public partial class SimulationTests(ITestOutputHelper output)
     }
 
     [Fact]
+    public async Task Regression_a_fua_vouches_only_for_writes_that_ended_before_its_flush_began()
+    {
+        // Seed 110002714 (session 5's merged build): the checker took a FUA's flush to cover every write that ended
+        // before the FUA was acknowledged, including a full-segment write that ended while the flush was already past
+        // its container; after a power loss it then refused the concurrent write the sector legitimately held. The
+        // harness now passes the sequence number at which the flush began (ModelFlushTests has the rule itself).
+        await AssertSeedPassesAsync("--seed 110002714 --steps 3000");
+    }
+
+    [Fact]
     public async Task Regression_a_table_unpresented_while_its_host_was_disconnected_is_dropped_at_reregistration()
     {
         // Seed 6000128 (extended events): d0 was unpresented from h0 while h0's stream was partitioned; the

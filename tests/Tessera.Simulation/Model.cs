@@ -101,8 +101,13 @@ public sealed class DiskModel
         }
     }
 
-    /// <summary>A flush by <paramref name="agent"/> issued at <paramref name="issuedSeq"/> completed successfully.</summary>
-    public void FlushCompleted(string agent, long issuedSeq, long first = 0, long count = -1)
+    /// <summary>
+    /// A flush by <paramref name="agent"/> issued at <paramref name="issuedSeq"/> completed successfully: it covers the
+    /// writes that had ended by then, and <paramref name="fua"/>, the FUA write it was issued for (its data was in place
+    /// when its flush began, though the write itself ends only after the flush). A write that ended while the flush ran
+    /// is not covered: the agent may have passed its container already (seed 110002714, docs/reliability.md).
+    /// </summary>
+    public void FlushCompleted(string agent, long issuedSeq, long first = 0, long count = -1, WriteRec? fua = null)
     {
         if (count < 0) count = Sectors;
         for (long s = first; s < first + count; s++)
@@ -112,7 +117,7 @@ public sealed class DiskModel
             foreach (var id in set)
             {
                 var w = id == 0 ? null : _checker.Write(id);
-                if (w is null || w.Agent != agent || !w.Ok || w.EndSeq > issuedSeq) { covered = false; break; }
+                if (w is null || w.Agent != agent || !w.Ok || (w.EndSeq > issuedSeq && w != fua)) { covered = false; break; }
             }
             if (covered)
             {
@@ -315,6 +320,9 @@ public sealed class Checker(Action<string> traceLine)
     public TraceHash Trace { get; } = new();
 
     public long NextSeq() => ++_seq;
+
+    /// <summary>The last sequence number handed out: every event numbered up to it has happened.</summary>
+    public long CurrentSeq => _seq;
     public long PeekNextWriteId => _nextWriteId + 1;
 
     public WriteRec NewWrite(DiskModel disk, string agent, long firstSector, int count, WriteKind kind)

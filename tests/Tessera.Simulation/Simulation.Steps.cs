@@ -282,13 +282,18 @@ public sealed partial class Simulation
         var w = disk.StartWrite(owner, first, count, kind);
         op.Write = w;
         IoStatus status;
+        long fuaFlushIssued = 0;
         switch (kind)
         {
             case WriteKind.Write or WriteKind.Fua:
                 var data = new byte[count * 512];
                 for (int i = 0; i < count; i++) DiskModel.Encode(data.AsSpan(i * 512, 512), disk.DiskId, first + i, w.Id);
                 status = await volume.WriteAsync(first * 512, data, CancellationToken.None);
-                if (status == IoStatus.Ok && kind == WriteKind.Fua) status = await core.Containers.FlushDirtyAsync(CancellationToken.None);
+                if (status == IoStatus.Ok && kind == WriteKind.Fua)
+                {
+                    fuaFlushIssued = _checker.CurrentSeq; // what the flush covers: writes ended before it began
+                    status = await core.Containers.FlushDirtyAsync(CancellationToken.None);
+                }
                 break;
             case WriteKind.Zeroes:
                 status = await volume.WriteZeroesAsync(first * 512, count * 512L, fastZero: false, noHole: _r.Next(2) == 0, CancellationToken.None);
@@ -303,7 +308,7 @@ public sealed partial class Simulation
         TraceLine($"{w} -> {status}");
         if (status == IoStatus.Ok) disk.EndWrite(w, ok: true);
         else EndFailedWrite(disk, w);
-        if (status == IoStatus.Ok && kind == WriteKind.Fua) disk.FlushCompleted(owner, w.EndSeq, first, count);
+        if (status == IoStatus.Ok && kind == WriteKind.Fua) disk.FlushCompleted(owner, fuaFlushIssued, first, count, fua: w);
     }
 
     private async Task ReadOpAsync(PendingOp op, string owner, DiskVolume volume, DiskModel disk, long first, int count)
