@@ -87,7 +87,7 @@ public sealed partial class ControllerConnection : IAsyncDisposable
         using var sessionEnd = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
         using var call = _transport.Connect(sessionEnd.Token);
         var link = new GrpcLink(sessionEnd);
-        var writer = link.PumpAsync(call.RequestStream);
+        var writer = link.WriteToAsync(call.RequestStream);
         try
         {
             long registerSentAt = _time.GetTimestamp();
@@ -200,7 +200,7 @@ public sealed partial class ControllerConnection : IAsyncDisposable
         public void Complete() => _queue.Complete();
 
         /// <summary>Starts writing to <paramref name="stream"/>; the task completes once the link is complete and no write is in flight.</summary>
-        public Task PumpAsync(IClientStreamWriter<AgentMessage> stream)
+        public Task WriteToAsync(IClientStreamWriter<AgentMessage> stream)
         {
             _queue.Attach(stream.WriteAsync);
             return _queue.Finished;
