@@ -3,6 +3,7 @@
 using System.Net;
 using Microsoft.Win32.SafeHandles;
 using Tessera.Core;
+using Tessera.Core.Containers;
 using Tessera.Nbd;
 
 var file = args[0];
@@ -27,10 +28,33 @@ sealed class SingleCatalog(FileExport export) : INbdExportCatalog
     public INbdExport? Open(string name) => name is "bench" or "" ? export : null;
 }
 
-/// <summary>Synchronous positional I/O on a file (page cache): completes inline, like nbdkit's file plugin.</summary>
-sealed class FileExport(string path) : INbdExport
+/// <summary>
+/// Synchronous positional I/O on a file (page cache): completes inline, like nbdkit's file plugin. Large reads go out
+/// from a mapping of the file, as the agent sends them from its file containers (docs/architecture.md, "Mapped reads"),
+/// so this server stays the agent's data path without the map.
+/// </summary>
+sealed class FileExport : INbdExport, INbdMappedReadExport
 {
-    private readonly SafeFileHandle _handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+    private readonly SafeFileHandle _handle;
+    private readonly FileMapping? _mapping;
+    private readonly string path;
+
+    public FileExport(string path)
+    {
+        this.path = path;
+        _handle = File.OpenHandle(path, FileMode.Open, FileAccess.ReadWrite);
+        _mapping = FileMapping.TryCreate(_handle, RandomAccess.GetLength(_handle));
+    }
+
+    public NbdMappedRead CreateMappedRead() => new PlainMappedRead();
+    public bool CanMapRead(long offset, int length) => _mapping is not null;
+    public bool TryBeginMappedRead(long offset, int length, NbdMappedRead read) => _mapping is not null && read.TryAdd(_mapping, offset, length);
+
+    private sealed class PlainMappedRead : NbdMappedRead
+    {
+        public override void End() => Clear();
+    }
+
     public string Name => "bench";
     public string Description => path;
     public long SizeBytes => RandomAccess.GetLength(_handle);

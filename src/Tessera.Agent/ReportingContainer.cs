@@ -7,8 +7,11 @@ namespace Tessera.Agent;
 /// Wraps a container so that every <see cref="IoStatus.IoError"/> it returns is reported (the controller then
 /// probes the container and marks it failed if the probe fails too). Results pass through unchanged.
 /// </summary>
-internal sealed class ReportingContainer(IStorageContainer inner, uint id, ContainerSet owner) : IStorageContainer
+internal sealed class ReportingContainer(IStorageContainer inner, uint id, ContainerSet owner) : IStorageContainer, IMappedContainer
 {
+    /// <summary>Passed through: a mapped read that fails is read again through <see cref="ReadAsync"/>, which reports it.</summary>
+    public FileMapping? Mapping => (inner as IMappedContainer)?.Mapping;
+
     public string Uri => inner.Uri;
     public long SizeBytes => inner.SizeBytes;
 

@@ -22,7 +22,7 @@ public sealed class AgentCatalog(AgentCore core) : INbdExportCatalog
 }
 
 /// <summary>One NBD connection's handle on a <see cref="DiskVolume"/>.</summary>
-public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : INbdExport
+public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : INbdExport, INbdMappedReadExport
 {
     private readonly long _sizeBytes = volume.SizeBytes;
     private readonly bool _readOnly = volume.ReadOnly;
@@ -41,6 +41,13 @@ public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : I
 
     public ValueTask<IoStatus> ReadAsync(long offset, Memory<byte> buffer, NbdExtentList? zeroExtents, CancellationToken cancellationToken) =>
         volume.ReadAsync(offset, buffer, zeroExtents, cancellationToken);
+
+    public NbdMappedRead CreateMappedRead() => new VolumeMappedRead();
+
+    public bool CanMapRead(long offset, int length) => volume.CanMapRead(offset, length);
+
+    public bool TryBeginMappedRead(long offset, int length, NbdMappedRead read) =>
+        volume.TryBeginMappedRead(offset, length, (VolumeMappedRead)read);
 
     public async ValueTask<IoStatus> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {

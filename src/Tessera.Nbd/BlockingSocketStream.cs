@@ -96,6 +96,81 @@ internal sealed class BlockingSocketStream : Stream
         catch (SocketException e) { throw new IOException(e.Message, e); }
     }
 
+    /// <summary>
+    /// Sends <paramref name="headCount"/> bytes of <paramref name="head"/>, then <paramref name="count"/> payload bytes
+    /// of <paramref name="read"/> from <paramref name="skip"/> on, straight from the mappings, in sendmsg() calls that
+    /// never wait for room in the socket. Returns how many of the headCount + count bytes went out; the caller sends the
+    /// rest conventionally. One sender at a time. Throws <see cref="NbdMappedReadException"/> when a mapped page cannot
+    /// be read (EFAULT), <see cref="IOException"/> when the socket fails.
+    /// </summary>
+    public unsafe long SendMappedWithoutWaiting(byte[] head, int headCount, NbdMappedRead read, long skip, int count)
+    {
+        var iov = stackalloc Native.IoVec[NbdMappedRead.MaxRanges + 1];
+        long total = (long)headCount + count, sent = 0;
+        bool added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            int fd = (int)_socket.SafeHandle.DangerousGetHandle();
+            fixed (byte* headBytes = head)
+            {
+                while (sent < total)
+                {
+                    int n = 0;
+                    if (sent < headCount) iov[n++] = new Native.IoVec { Base = headBytes + sent, Length = (nuint)(headCount - sent) };
+                    long from = skip + Math.Max(0, sent - headCount), left = total - Math.Max(sent, headCount);
+                    for (int i = 0; i < read.Count && left > 0; i++)
+                    {
+                        long length = read.Length(i);
+                        if (from >= length) { from -= length; continue; }
+                        long take = Math.Min(length - from, left);
+                        iov[n++] = new Native.IoVec { Base = (byte*)read.Mapping(i).Address + read.Offset(i) + from, Length = (nuint)take };
+                        left -= take;
+                        from = 0;
+                    }
+                    var message = new Native.MessageHeader { Iov = iov, IovLength = (nuint)n };
+                    nint result = Native.sendmsg(fd, &message, Native.MSG_DONTWAIT | Native.MSG_NOSIGNAL);
+                    if (result > 0) { sent += result; continue; }
+                    if (result == 0) return sent;
+                    int errno = System.Runtime.InteropServices.Marshal.GetLastPInvokeError();
+                    if (errno == Native.EINTR) continue;
+                    if (errno == Native.EAGAIN) return sent;
+                    if (errno == Native.EFAULT) throw new NbdMappedReadException("a mapped page could not be read (EFAULT)");
+                    throw new IOException($"sendmsg failed (errno {errno})");
+                }
+            }
+            return sent;
+        }
+        catch (ObjectDisposedException e) { throw new IOException("connection closed while sending", e); }
+        finally { if (added) _socket.SafeHandle.DangerousRelease(); }
+    }
+
+    private static unsafe class Native
+    {
+        public const int EINTR = 4, EAGAIN = 11, EFAULT = 14;
+        public const int MSG_DONTWAIT = 0x40, MSG_NOSIGNAL = 0x4000;
+
+        public struct IoVec
+        {
+            public byte* Base;
+            public nuint Length;
+        }
+
+        public struct MessageHeader
+        {
+            public nint Name;
+            public uint NameLength;
+            public IoVec* Iov;
+            public nuint IovLength;
+            public nint Control;
+            public nuint ControlLength;
+            public int Flags;
+        }
+
+        [System.Runtime.InteropServices.DllImport("libc", SetLastError = true)]
+        public static extern nint sendmsg(int fd, MessageHeader* message, int flags);
+    }
+
     public override ValueTask WriteAsync(ReadOnlyMemory<byte> buffer, CancellationToken cancellationToken = default)
     {
         Write(buffer.Span);

@@ -106,6 +106,7 @@ internal sealed partial class NbdConnection
     [AsyncMethodBuilder(typeof(PoolingAsyncValueTaskMethodBuilder))]
     private async ValueTask WriteReplyAsync(RequestContext ctx)
     {
+        if (ctx.ReadDeferred) await ResolveDeferredReadAsync(ctx).ConfigureAwait(false);
         if (!ctx.Structured)
         {
             if (_send.Length - _sendLength < NbdWire.SimpleReplyHeaderBytes) await FlushSendAsync().ConfigureAwait(false);
@@ -115,7 +116,10 @@ internal sealed partial class NbdConnection
             BinaryPrimitives.WriteUInt64BigEndian(h[8..], ctx.Cookie);
             _sendLength += NbdWire.SimpleReplyHeaderBytes;
             if (ctx.Command == NbdWire.CmdRead && ctx.Errno == 0 && ctx.Length > 0)
-                await AppendPayloadAsync(ctx.Buffer, 0, (int)ctx.Length).ConfigureAwait(false);
+            {
+                if (ctx.MappedReadActive) SendMappedPayload(ctx, 0, (int)ctx.Length);
+                else await AppendPayloadAsync(ctx.Buffer, 0, (int)ctx.Length).ConfigureAwait(false);
+            }
             return;
         }
         if (ctx.Errno != 0)
@@ -191,7 +195,8 @@ internal sealed partial class NbdConnection
     private async ValueTask AppendDataChunkAsync(RequestContext ctx, long from, long to, ushort flags)
     {
         await AppendChunkHeaderAsync(ctx.Cookie, flags, NbdWire.ReplyTypeOffsetData, (uint)(8 + to - from), from).ConfigureAwait(false);
-        await AppendPayloadAsync(ctx.Buffer, (int)(from - (long)ctx.Offset), (int)(to - from)).ConfigureAwait(false);
+        if (ctx.MappedReadActive) SendMappedPayload(ctx, (int)(from - (long)ctx.Offset), (int)(to - from));
+        else await AppendPayloadAsync(ctx.Buffer, (int)(from - (long)ctx.Offset), (int)(to - from)).ConfigureAwait(false);
     }
 
     /// <summary>Appends a chunk header, plus the 8-byte offset when <paramref name="length"/> is at least 8.</summary>

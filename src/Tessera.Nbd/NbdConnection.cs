@@ -34,6 +34,8 @@ internal sealed partial class NbdConnection
     private readonly NbdInput _input;
 
     private INbdExport _export = null!;
+    /// <summary>The export, when it can send reads from file mappings and this transport can take them (NbdConnection.MappedReads.cs).</summary>
+    private INbdMappedReadExport? _mappedReads;
     private long _sizeBytes;
     private NbdExportCapabilities _caps;
     private bool _readOnly;
@@ -106,6 +108,7 @@ internal sealed partial class NbdConnection
             _sizeBytes = export.SizeBytes;
             _caps = export.Capabilities;
             _readOnly = export.ReadOnly;
+            _mappedReads = export is INbdMappedReadExport mapped && _stream is BlockingSocketStream ? mapped : null;
             transmitting = true;
             NbdLog.ExportOpened(_logger, _id, export.Name, _sizeBytes, TransmissionFlags(export), _structured, _baseAllocation);
             using var linkedOps = CancellationTokenSource.CreateLinkedTokenSource(_opsCts.Token, export.Closed);
@@ -198,6 +201,7 @@ internal sealed partial class NbdConnection
 
     private void ReturnContext(RequestContext ctx)
     {
+        EndMappedRead(ctx);
         ctx.Reset();
         lock (_pool) _pool.Push(ctx);
         _slots.Release();
@@ -335,6 +339,7 @@ internal sealed partial class NbdConnection
         switch (ctx.Command)
         {
             case NbdWire.CmdRead:
+                if (DeferToMappedRead(ctx)) return ValueTask.FromResult(IoStatus.Ok);
                 ctx.EnsureBuffer((int)ctx.Length);
                 return _export.ReadAsync(offset, ctx.Payload, ctx.SendHoles ? ctx.Extents : null, ct);
             case NbdWire.CmdWrite:

@@ -46,4 +46,7 @@ internal static partial class NbdLog
 
     [LoggerMessage(EventId = 2012, Level = LogLevel.Error, Message = "NBD accept loop failed")]
     public static partial void AcceptFailed(ILogger logger, Exception exception);
+
+    [LoggerMessage(EventId = 2014, Level = LogLevel.Error, Message = "NBD connection {ConnectionId}: sending the read at {Offset} (+{Length}) from its file mapping failed: {Reason}; ending the connection")]
+    public static partial void MappedReadFailed(ILogger logger, long connectionId, long offset, uint length, string reason);
 }

@@ -65,6 +65,13 @@ public sealed class NbdServerOptions
     public int InlineMaxBytes { get; set; } = int.MaxValue;
 
     /// <summary>
+    /// READs at least this large are sent straight from the export's file mappings when the export offers them
+    /// (<see cref="INbdMappedReadExport"/>) and the transport is a plain socket: one copy into the socket instead of a
+    /// pread into a buffer and a send from it. <see cref="int.MaxValue"/> turns it off.
+    /// </summary>
+    public int MappedReadMinBytes { get; set; } = 32 * 1024;
+
+    /// <summary>
     /// Hand a WRITE to the connection's worker when more requests are already received behind it, so writes of a
     /// pipelined burst overlap with receiving the rest (queue depth 1 stays inline). See NbdConnection.Worker.cs.
     /// </summary>
@@ -94,6 +101,7 @@ public sealed class NbdServerOptions
         Check(SendBufferBytes >= 4096, $"{nameof(SendBufferBytes)} must be at least 4096.");
         Check(SendBufferBytes >= 24 + 8 * MaxExtentsPerReply, $"{nameof(SendBufferBytes)} must hold a block status reply of {nameof(MaxExtentsPerReply)} extents.");
         Check(CopyPayloadMaxBytes >= 0 && CopyPayloadMaxBytes <= SendBufferBytes / 2, $"{nameof(CopyPayloadMaxBytes)} must be 0..{nameof(SendBufferBytes)}/2.");
+        Check(MappedReadMinBytes >= 4096, $"{nameof(MappedReadMinBytes)} must be at least 4 KiB (int.MaxValue turns mapped reads off).");
         Check(SendTimeout > TimeSpan.Zero, $"{nameof(SendTimeout)} must be positive.");
         Check(InlineMaxBytes >= 0, $"{nameof(InlineMaxBytes)} must not be negative.");
         ArgumentNullException.ThrowIfNull(TimeProvider);

@@ -23,6 +23,12 @@ internal sealed class RequestContext : IThreadPoolWorkItem
     /// <summary>True when the export's zero extents of a read become hole chunks.</summary>
     public bool SendHoles;
 
+    /// <summary>The read is resolved only when its reply is sent (NbdConnection.MappedReads.cs).</summary>
+    public bool ReadDeferred;
+    /// <summary>The mapped ranges of a deferred read, held while <see cref="MappedReadActive"/>; the plan object is reused.</summary>
+    public NbdMappedRead? MappedRead;
+    public bool MappedReadActive;
+
     public byte[] Buffer = [];
     public readonly NbdExtentList Extents = new();
 
@@ -57,6 +63,7 @@ internal sealed class RequestContext : IThreadPoolWorkItem
         Errno = 0;
         SendHoles = false;
         Structured = false;
+        ReadDeferred = false;
     }
 
     public void ReturnBuffer()

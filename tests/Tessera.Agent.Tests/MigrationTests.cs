@@ -173,6 +173,78 @@ public class MigrationTests(ITestOutputHelper output)
         Assert.Equal(targetName, locations.Containers.Single().Container);
     }
 
+    /// <summary>Each 8-byte word of disk d1 in the large-read test: its own offset, scrambled.</summary>
+    private static ulong WordAt(long offset) => (ulong)offset * 0x9E3779B97F4A7C15UL ^ 0xD1;
+
+    // Proves large reads, which are sent from the containers' file mappings (DiskVolume.MappedReads.cs), return the
+    // disk's own bytes, never a failure, while every segment moves to another container and back: each read resolves
+    // its ranges when its reply is due, against whichever container the segment is on then. (That the disk's gate is
+    // held until the bytes are in the socket is MappedReadTests' to prove: freed units are zeroed only when reused, so
+    // this run could not tell.)
+    [Fact]
+    public async Task Migrate_disk_there_and_back_under_large_reads()
+    {
+        await using var c = await Cluster.StartAsync();
+        await c.CreateDiskAsync("d1", DiskSize, Seg, "h1");
+        var agent = await c.StartAgentAsync("h1");
+        await using var nbd = await Cluster.OpenAsync(agent, "d1");
+        var image = new byte[DiskSize];
+        for (int i = 0; i < image.Length; i += 8) BinaryPrimitives.WriteUInt64LittleEndian(image.AsSpan(i), WordAt(i));
+        for (int off = 0; off < image.Length; off += 1 << 20) Assert.Equal(0u, await nbd.WriteAsync(off, image.AsMemory(off, 1 << 20)));
+        await c.Admin.AddContainerAsync(new AddContainerRequest { Name = "pool1", Uri = "file://" + Path.Combine(c.Dir, "pool1.img"), SizeBytes = 256 << 20 });
+        var volume = agent.Core.FindVolume("d1")!;
+        long mappedBefore = volume.MappedReadsBegun;
+
+        using var stop = new CancellationTokenSource();
+        long reads = 0;
+        string? mismatch = null;
+        async Task ReadLoopAsync(int seed)
+        {
+            await using var reader = await Cluster.OpenAsync(agent, "d1");
+            var random = new Random(seed);
+            var buffer = new byte[1 << 20];
+            while (!stop.IsCancellationRequested && mismatch is null)
+            {
+                int length = (64 << 10) << random.Next(5); // 64 KiB .. 1 MiB: above the mapped-read threshold
+                long offset = random.NextInt64((DiskSize - length) / 4096 + 1) * 4096 + (random.Next(2) == 0 ? 0 : 8);
+                if (offset + length > DiskSize) offset -= 8;
+                uint status = await reader.ReadAsync(offset, buffer.AsMemory(0, length));
+                if (status != 0) { mismatch = $"read at {offset} (+{length}) failed with errno {status}"; break; }
+                if (!buffer.AsSpan(0, length).SequenceEqual(image.AsSpan((int)offset, length)))
+                {
+                    int at = 0;
+                    while (buffer[at] == image[offset + at]) at++;
+                    mismatch = $"read at {offset} (+{length}) differs from byte {offset + at} on: word {BinaryPrimitives.ReadUInt64LittleEndian(buffer.AsSpan(at & ~7)):x16}";
+                }
+                Interlocked.Increment(ref reads);
+            }
+        }
+        var readers = new[] { Task.Run(() => ReadLoopAsync(1)), Task.Run(() => ReadLoopAsync(2)) };
+        var ops = Ops(c, out var channel);
+        using var _ = channel;
+        while (Interlocked.Read(ref reads) < 20 && mismatch is null) await Task.Delay(5);
+        foreach (var target in new[] { "pool1", "pool0" })
+        {
+            long before = Interlocked.Read(ref reads);
+            var job = await ops.MigrateDiskAsync(new MigrateDiskRequest { Disk = "d1", To = target });
+            var done = await WaitJobAsync(ops, job.Id);
+            Assert.Equal("done", done.State);
+            Assert.Equal((ulong)(DiskSize / Seg), done.MovedSegments);
+            Report($"migrate to {target} under large reads ({Interlocked.Read(ref reads) - before} reads during the job)", done);
+        }
+        stop.Cancel();
+        await Task.WhenAll(readers).WaitAsync(Cluster.Timeout);
+        Assert.Null(mismatch);
+        Assert.True(volume.MappedReadsBegun - mappedBefore > 0, "no read was sent from a file mapping");
+        Assert.Equal(0ul, (await Container(c, "pool1")).UsedBytes);
+        var back = new byte[1 << 20];
+        for (int off = 0; off < image.Length; off += back.Length)
+        {
+            Assert.Equal(0u, await nbd.ReadAsync(off, back));
+            Assert.True(back.AsSpan().SequenceEqual(image.AsSpan(off, back.Length)), $"after the moves, the MiB at {off} differs");
+        }
+    }
+
     // Proves a disk migrates from one file container to another while a host writes: every block equals the last acknowledged write and the source ends empty.
     [Fact]
     public async Task Migrate_disk_between_file_containers_under_writes()

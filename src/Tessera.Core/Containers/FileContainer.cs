@@ -10,11 +10,15 @@ namespace Tessera.Core.Containers;
 /// Reads and writes run synchronously on the calling thread: for data in the page cache a pread is a
 /// microsecond or two, far cheaper than a hop to another thread. Callers that must not block (the NBD reader
 /// loop) already run each request on the thread pool.
+///
+/// The file is also mapped read-only (<see cref="FileMapping"/>), so an NBD server can send large reads from the page
+/// cache with one copy instead of two.
 /// </summary>
-public sealed class FileContainer : IStorageContainer
+public sealed class FileContainer : IStorageContainer, IMappedContainer
 {
     private readonly SafeFileHandle _handle;
     private readonly long _sizeBytes;
+    private readonly FileMapping? _mapping;
     private int _punchHoleUnsupported;
 
     private FileContainer(string uri, SafeFileHandle handle, long sizeBytes)
@@ -22,9 +26,12 @@ public sealed class FileContainer : IStorageContainer
         Uri = uri;
         _handle = handle;
         _sizeBytes = sizeBytes;
+        _mapping = FileMapping.TryCreate(handle, sizeBytes);
     }
 
     public string Uri { get; }
+
+    public FileMapping? Mapping => _mapping;
 
     public long SizeBytes => _sizeBytes;
 
@@ -115,7 +122,11 @@ public sealed class FileContainer : IStorageContainer
         return IoStatus.Ok;
     }
 
-    public void Dispose() => _handle.Dispose();
+    public void Dispose()
+    {
+        _mapping?.Dispose(); // unmaps once the last send holding it returns
+        _handle.Dispose();
+    }
 
     private static class Native
     {
