@@ -30,10 +30,10 @@ sealed class SingleCatalog(FileExport export) : INbdExportCatalog
 
 /// <summary>
 /// Synchronous positional I/O on a file (page cache): completes inline, like nbdkit's file plugin. Large reads go out
-/// from a mapping of the file, as the agent sends them from its file containers (docs/architecture.md, "Mapped reads"),
-/// so this server stays the agent's data path without the map.
+/// from a mapping of the file and large writes are spliced into it, as the agent does with its file containers
+/// (docs/architecture.md, "Mapped reads", "Spliced writes"), so this server stays the agent's data path without the map.
 /// </summary>
-sealed class FileExport : INbdExport, INbdMappedReadExport
+sealed class FileExport : INbdExport, INbdMappedReadExport, INbdSplicedWriteExport
 {
     private readonly SafeFileHandle _handle;
     private readonly FileMapping? _mapping;
@@ -53,6 +53,15 @@ sealed class FileExport : INbdExport, INbdMappedReadExport
     private sealed class PlainMappedRead : NbdMappedRead
     {
         public override void End() => Clear();
+    }
+
+    public NbdSplicedWrite CreateSplicedWrite() => new PlainSplicedWrite();
+    public bool CanSpliceWrite(long offset, int length) => true;
+    public bool TryBeginSplicedWrite(long offset, int length, NbdSplicedWrite write) => write.TryAdd(_handle, offset, length);
+
+    private sealed class PlainSplicedWrite : NbdSplicedWrite
+    {
+        public override void End(int failedRange, int errno) => Clear();
     }
 
     public string Name => "bench";

@@ -54,7 +54,7 @@ public sealed partial class DiskVolume
         return true;
     }
 
-    private FileMapping? MappingOf(MapEntry entry) => (_containers.Get(entry.ContainerId)?.Container as IMappedContainer)?.Mapping;
+    private FileMapping? MappingOf(MapEntry entry) => (_containers.Get(entry.ContainerId)?.Container as IFileBackedContainer)?.Mapping;
 }
 
 /// <summary>A mapped read of one <see cref="DiskVolume"/>: holds the disk's in-flight gate from the lookup until <see cref="End"/>.</summary>

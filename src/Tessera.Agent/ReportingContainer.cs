@@ -7,10 +7,13 @@ namespace Tessera.Agent;
 /// Wraps a container so that every <see cref="IoStatus.IoError"/> it returns is reported (the controller then
 /// probes the container and marks it failed if the probe fails too). Results pass through unchanged.
 /// </summary>
-internal sealed class ReportingContainer(IStorageContainer inner, uint id, ContainerSet owner) : IStorageContainer, IMappedContainer
+internal sealed class ReportingContainer(IStorageContainer inner, uint id, ContainerSet owner) : IStorageContainer, IFileBackedContainer
 {
     /// <summary>Passed through: a mapped read that fails is read again through <see cref="ReadAsync"/>, which reports it.</summary>
-    public FileMapping? Mapping => (inner as IMappedContainer)?.Mapping;
+    public FileMapping? Mapping => (inner as IFileBackedContainer)?.Mapping;
+
+    /// <summary>Passed through: a spliced write that fails is reported by the disk (DiskVolume.SplicedWrites.cs).</summary>
+    public Microsoft.Win32.SafeHandles.SafeFileHandle? FileHandle => (inner as IFileBackedContainer)?.FileHandle;
 
     public string Uri => inner.Uri;
     public long SizeBytes => inner.SizeBytes;

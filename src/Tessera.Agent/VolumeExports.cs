@@ -22,7 +22,7 @@ public sealed class AgentCatalog(AgentCore core) : INbdExportCatalog
 }
 
 /// <summary>One NBD connection's handle on a <see cref="DiskVolume"/>.</summary>
-public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : INbdExport, INbdMappedReadExport
+public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : INbdExport, INbdMappedReadExport, INbdSplicedWriteExport
 {
     private readonly long _sizeBytes = volume.SizeBytes;
     private readonly bool _readOnly = volume.ReadOnly;
@@ -48,6 +48,13 @@ public sealed class VolumeExport(DiskVolume volume, ContainerSet containers) : I
 
     public bool TryBeginMappedRead(long offset, int length, NbdMappedRead read) =>
         volume.TryBeginMappedRead(offset, length, (VolumeMappedRead)read);
+
+    public NbdSplicedWrite CreateSplicedWrite() => new VolumeSplicedWrite();
+
+    public bool CanSpliceWrite(long offset, int length) => !_readOnly && volume.CanSpliceWrite(offset, length);
+
+    public bool TryBeginSplicedWrite(long offset, int length, NbdSplicedWrite write) =>
+        !_readOnly && volume.TryBeginSplicedWrite(offset, length, (VolumeSplicedWrite)write);
 
     public async ValueTask<IoStatus> WriteAsync(long offset, ReadOnlyMemory<byte> data, bool fua, CancellationToken cancellationToken)
     {

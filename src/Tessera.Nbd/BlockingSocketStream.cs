@@ -145,6 +145,19 @@ internal sealed class BlockingSocketStream : Stream
         finally { if (added) _socket.SafeHandle.DangerousRelease(); }
     }
 
+    /// <summary>Moves up to <paramref name="count"/> bytes that have already arrived into <paramref name="pipe"/>, without waiting (0 when none). The reader's call.</summary>
+    public int SpliceArrived(SplicePipe pipe, int count)
+    {
+        bool added = false;
+        try
+        {
+            _socket.SafeHandle.DangerousAddRef(ref added);
+            return pipe.FillFromSocket((int)_socket.SafeHandle.DangerousGetHandle(), count);
+        }
+        catch (ObjectDisposedException e) { throw new IOException("connection closed while receiving", e); }
+        finally { if (added) _socket.SafeHandle.DangerousRelease(); }
+    }
+
     private static unsafe class Native
     {
         public const int EINTR = 4, EAGAIN = 11, EFAULT = 14;

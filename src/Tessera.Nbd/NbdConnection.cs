@@ -36,6 +36,8 @@ internal sealed partial class NbdConnection
     private INbdExport _export = null!;
     /// <summary>The export, when it can send reads from file mappings and this transport can take them (NbdConnection.MappedReads.cs).</summary>
     private INbdMappedReadExport? _mappedReads;
+    /// <summary>The export, when it can take writes spliced into files and this transport can splice (NbdConnection.SplicedWrites.cs).</summary>
+    private INbdSplicedWriteExport? _splicedWrites;
     private long _sizeBytes;
     private NbdExportCapabilities _caps;
     private bool _readOnly;
@@ -109,6 +111,7 @@ internal sealed partial class NbdConnection
             _caps = export.Capabilities;
             _readOnly = export.ReadOnly;
             _mappedReads = export is INbdMappedReadExport mapped && _stream is BlockingSocketStream ? mapped : null;
+            _splicedWrites = export is INbdSplicedWriteExport spliced && _stream is BlockingSocketStream && !_readOnly ? spliced : null;
             transmitting = true;
             NbdLog.ExportOpened(_logger, _id, export.Name, _sizeBytes, TransmissionFlags(export), _structured, _baseAllocation);
             using var linkedOps = CancellationTokenSource.CreateLinkedTokenSource(_opsCts.Token, export.Closed);
@@ -150,6 +153,7 @@ internal sealed partial class NbdConnection
             try { await _stream.DisposeAsync().ConfigureAwait(false); } catch (Exception) { }
             if (transmitting) _export.Dispose();
             _readCts.Dispose();
+            DiscardSplicePipe();
             lock (_pool) { while (_pool.Count > 0) _pool.Pop().ReturnBuffer(); }
         }
     }
@@ -247,22 +251,40 @@ internal sealed partial class NbdConnection
                     ReturnContext(ctx);
                     throw new NbdProtocolException($"write of {ctx.Length} bytes exceeds the maximum {_options.MaxRequestBytes}");
                 }
-                ctx.EnsureBuffer((int)ctx.Length);
-                try
+                if (!LeavePayloadInSocket(ctx))
                 {
-                    if (_input.BufferedCount < (int)ctx.Length) ReleaseFlush();
-                    await _input.ReadExactAsync(ctx.Payload, "write payload", ct).ConfigureAwait(false);
-                    _deferFlush = true;
+                    ctx.EnsureBuffer((int)ctx.Length);
+                    try
+                    {
+                        if (_input.BufferedCount < (int)ctx.Length) ReleaseFlush();
+                        await _input.ReadExactAsync(ctx.Payload, "write payload", ct).ConfigureAwait(false);
+                        _deferFlush = true;
+                    }
+                    catch
+                    {
+                        ReturnContext(ctx);
+                        throw;
+                    }
                 }
+            }
+            ctx.Errno = Validate(ctx);
+            if (_exportClosed) ctx.Errno = NbdErrno.ESHUTDOWN;
+            if (ctx.Errno != 0 && ctx.PayloadInSocket)
+            {
+                try { await SkipPayloadInSocketAsync(ctx, ct).ConfigureAwait(false); }
                 catch
                 {
                     ReturnContext(ctx);
                     throw;
                 }
             }
-            ctx.Errno = Validate(ctx);
-            if (_exportClosed) ctx.Errno = NbdErrno.ESHUTDOWN;
             if (ctx.Errno != 0) EnqueueReply(ctx);
+            else if (ctx.PayloadInSocket)
+            {
+                // The reader splices the payload out of the socket before it reads the next header.
+                Dispatch(ctx);
+                if (_broken) return "transport error while receiving a write payload";
+            }
             else if (ctx.Length >= (uint)_options.InlineMaxBytes && ctx.Command is NbdWire.CmdRead or NbdWire.CmdWrite)
                 ThreadPool.UnsafeQueueUserWorkItem(ctx, preferLocal: false);
             else if (ShouldOverlap(ctx)) EnqueueWork(ctx);
@@ -343,6 +365,7 @@ internal sealed partial class NbdConnection
                 ctx.EnsureBuffer((int)ctx.Length);
                 return _export.ReadAsync(offset, ctx.Payload, ctx.SendHoles ? ctx.Extents : null, ct);
             case NbdWire.CmdWrite:
+                if (ctx.PayloadInSocket) return SplicedWrite(ctx, fua, ct);
                 return _export.WriteAsync(offset, ctx.Payload, fua, ct);
             case NbdWire.CmdFlush:
                 return _export.FlushAsync(ct);

@@ -72,6 +72,20 @@ public sealed class NbdServerOptions
     public int MappedReadMinBytes { get; set; } = 32 * 1024;
 
     /// <summary>
+    /// WRITEs at least this large (and at most half of <see cref="SplicePipeBytes"/>) are spliced from the socket into
+    /// the export's files when the export offers it (<see cref="INbdSplicedWriteExport"/>) and the transport is a plain
+    /// socket: one copy into the page cache instead of a receive into a buffer and a pwrite from it.
+    /// <see cref="int.MaxValue"/> turns it off.
+    /// </summary>
+    public int SplicedWriteMinBytes { get; set; } = 128 * 1024;
+
+    /// <summary>
+    /// Size asked for each connection's splice pipe, created at its first spliced write. The default is the most an
+    /// unprivileged process may ask for (/proc/sys/fs/pipe-max-size); where the kernel refuses, the pipe is halved.
+    /// </summary>
+    public int SplicePipeBytes { get; set; } = 1024 * 1024;
+
+    /// <summary>
     /// Hand a WRITE to the connection's worker when more requests are already received behind it, so writes of a
     /// pipelined burst overlap with receiving the rest (queue depth 1 stays inline). See NbdConnection.Worker.cs.
     /// </summary>
@@ -102,6 +116,8 @@ public sealed class NbdServerOptions
         Check(SendBufferBytes >= 24 + 8 * MaxExtentsPerReply, $"{nameof(SendBufferBytes)} must hold a block status reply of {nameof(MaxExtentsPerReply)} extents.");
         Check(CopyPayloadMaxBytes >= 0 && CopyPayloadMaxBytes <= SendBufferBytes / 2, $"{nameof(CopyPayloadMaxBytes)} must be 0..{nameof(SendBufferBytes)}/2.");
         Check(MappedReadMinBytes >= 4096, $"{nameof(MappedReadMinBytes)} must be at least 4 KiB (int.MaxValue turns mapped reads off).");
+        Check(SplicedWriteMinBytes >= 4096, $"{nameof(SplicedWriteMinBytes)} must be at least 4 KiB (int.MaxValue turns spliced writes off).");
+        Check(SplicePipeBytes is >= 64 * 1024 and <= 64 * 1024 * 1024, $"{nameof(SplicePipeBytes)} must be 64 KiB..64 MiB.");
         Check(SendTimeout > TimeSpan.Zero, $"{nameof(SendTimeout)} must be positive.");
         Check(InlineMaxBytes >= 0, $"{nameof(InlineMaxBytes)} must not be negative.");
         ArgumentNullException.ThrowIfNull(TimeProvider);

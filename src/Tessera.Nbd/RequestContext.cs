@@ -23,6 +23,8 @@ internal sealed class RequestContext : IThreadPoolWorkItem
     /// <summary>True when the export's zero extents of a read become hole chunks.</summary>
     public bool SendHoles;
 
+    /// <summary>A WRITE whose payload is still in the socket, for the reader to splice (NbdConnection.SplicedWrites.cs).</summary>
+    public bool PayloadInSocket;
     /// <summary>The read is resolved only when its reply is sent (NbdConnection.MappedReads.cs).</summary>
     public bool ReadDeferred;
     /// <summary>The mapped ranges of a deferred read, held while <see cref="MappedReadActive"/>; the plan object is reused.</summary>
@@ -64,6 +66,7 @@ internal sealed class RequestContext : IThreadPoolWorkItem
         SendHoles = false;
         Structured = false;
         ReadDeferred = false;
+        PayloadInSocket = false;
     }
 
     public void ReturnBuffer()

@@ -174,9 +174,9 @@ public sealed class MappedReadTests : IDisposable
         }
     }
 
-    private static async Task<NbdServer> StartAsync(ShuffledFileExport export, int mappedReadMinBytes = 64 << 10)
+    private static async Task<NbdServer> StartAsync(ShuffledFileExport export, int mappedReadMinBytes = 64 << 10, string? unixSocketPath = null)
     {
-        var server = new NbdServer(new OneExportCatalog(export), new NbdServerOptions { MappedReadMinBytes = mappedReadMinBytes }, NullLogger<NbdServer>.Instance);
+        var server = new NbdServer(new OneExportCatalog(export), new NbdServerOptions { MappedReadMinBytes = mappedReadMinBytes, UnixSocketPath = unixSocketPath }, NullLogger<NbdServer>.Instance);
         await server.StartAsync();
         return server;
     }
@@ -201,13 +201,18 @@ public sealed class MappedReadTests : IDisposable
     }
 
     [Theory]
-    [InlineData(true)]
-    [InlineData(false)]
-    public async Task Mapped_reads_match_the_data_and_each_is_ended_once(bool structured)
+    [InlineData(true, false)]
+    [InlineData(false, false)]
+    [InlineData(true, true)]
+    public async Task Mapped_reads_match_the_data_and_each_is_ended_once(bool structured, bool unix)
     {
         using var export = new ShuffledFileExport(_path);
-        await using var server = await StartAsync(export);
-        await using var client = await NbdClient.ConnectTcpAsync("127.0.0.1", server.TcpEndPoint!.Port, "shuffled", new NbdClientOptions { StructuredReplies = structured });
+        string socketPath = _path + ".sock";
+        await using var server = await StartAsync(export, unixSocketPath: unix ? socketPath : null);
+        var options = new NbdClientOptions { StructuredReplies = structured };
+        await using var client = unix
+            ? await NbdClient.ConnectUnixAsync(socketPath, "shuffled", options)
+            : await NbdClient.ConnectTcpAsync("127.0.0.1", server.TcpEndPoint!.Port, "shuffled", options);
         (long Offset, int Length)[] reads = [(0, 1 << 20), (8, 1 << 20), (Chunk - 8, 3 * Chunk), (3 << 20, 1 << 20), (5000 * 8, 4096), (100 * 8, Chunk - 8)];
         foreach (var (offset, length) in reads)
         {

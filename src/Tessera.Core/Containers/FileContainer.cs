@@ -14,7 +14,7 @@ namespace Tessera.Core.Containers;
 /// The file is also mapped read-only (<see cref="FileMapping"/>), so an NBD server can send large reads from the page
 /// cache with one copy instead of two.
 /// </summary>
-public sealed class FileContainer : IStorageContainer, IMappedContainer
+public sealed class FileContainer : IStorageContainer, IFileBackedContainer
 {
     private readonly SafeFileHandle _handle;
     private readonly long _sizeBytes;
@@ -32,6 +32,8 @@ public sealed class FileContainer : IStorageContainer, IMappedContainer
     public string Uri { get; }
 
     public FileMapping? Mapping => _mapping;
+
+    public SafeFileHandle? FileHandle => _handle;
 
     public long SizeBytes => _sizeBytes;
 

@@ -65,9 +65,15 @@ public sealed class FileMapping : SafeHandle
     }
 }
 
-/// <summary>A container whose bytes can be sent from a <see cref="FileMapping"/>.</summary>
-public interface IMappedContainer
+/// <summary>
+/// A container backed by an open file, which an NBD server may move bytes to and from directly: large reads are sent
+/// from its <see cref="Mapping"/>, large writes spliced into its <see cref="FileHandle"/>.
+/// </summary>
+public interface IFileBackedContainer
 {
     /// <summary>The container's mapping, or null when it has none (reads then go through <see cref="IStorageContainer.ReadAsync"/>).</summary>
     FileMapping? Mapping { get; }
+
+    /// <summary>The open file (read-write), or null when writes must go through <see cref="IStorageContainer.WriteAsync"/>.</summary>
+    SafeFileHandle? FileHandle { get; }
 }
