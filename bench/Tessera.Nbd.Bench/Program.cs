@@ -1,5 +1,6 @@
 // Serves one file as NBD export "bench" for fio/nbdkit/qemu-nbd comparisons (see bench/README.md).
 // Usage: Tessera.Nbd.Bench <file> <port> [unix-socket-path]
+// Environment: INLINE_MAX, MAPPED_READ_MIN, SPLICED_WRITE_MIN set the NbdServerOptions of the same names (bytes).
 using System.Net;
 using Microsoft.Win32.SafeHandles;
 using Tessera.Core;
@@ -13,6 +14,9 @@ var options = new NbdServerOptions
     UnixSocketPath = args.Length > 2 ? args[2] : null,
 };
 if (Environment.GetEnvironmentVariable("INLINE_MAX") is { } inlineMax) options.InlineMaxBytes = int.Parse(inlineMax);
+// For A/B runs of the data-path options against one another (int.MaxValue turns a path off).
+if (Environment.GetEnvironmentVariable("MAPPED_READ_MIN") is { } mappedMin) options.MappedReadMinBytes = int.Parse(mappedMin);
+if (Environment.GetEnvironmentVariable("SPLICED_WRITE_MIN") is { } splicedMin) options.SplicedWriteMinBytes = int.Parse(splicedMin);
 var export = new FileExport(file);
 await using var server = new NbdServer(new SingleCatalog(export), options);
 await server.StartAsync();

@@ -89,7 +89,6 @@ internal sealed partial class NbdConnection
             // The rest, once it arrives, is an ordinary write of the remaining range.
             int rest = length - done;
             ctx.EnsureBuffer(rest);
-            ReleaseFlush(); // the client may be waiting for replies before it sends the rest
             ReceiveWithoutSplicing(ctx.Buffer.AsMemory(0, rest), ct);
             return _export.WriteAsync(offset + done, ctx.Buffer.AsMemory(0, rest), fua, ct);
         }

@@ -115,6 +115,23 @@ public sealed class UpEndToEndTests(UpFixture fixture) : IClassFixture<UpFixture
         Assert.DoesNotContain("verify:", result.All);
     }
 
+    [Theory]
+    [InlineData("1m", "320M")]
+    [InlineData("192k", "352M")]
+    public async Task Fio_LargeSequentialWritesVerifyWithCrc32c_TwoPasses(string blockSize, string offset)
+    {
+        // Large blocks take the agent's spliced-write and mapped-read paths (docs/architecture.md): the first pass
+        // writes a thin range (first writes fault, buffered), the second overwrites it in place (spliced); each pass
+        // is then read back 8 deep (mapped reads) and every block's crc32c verified by fio. 192 KiB blocks straddle
+        // the 1 MiB segments.
+        var result = await Tools.RunAsync("fio", "--name=tessera", "--ioengine=nbd", $"--uri={Up.NbdUri()}",
+            "--rw=write", $"--bs={blockSize}", $"--offset={offset}", "--size=24M", "--iodepth=8", "--loops=2", "--verify=crc32c",
+            "--verify_fatal=1", "--do_verify=1", "--runtime=120", "--output-format=normal");
+        Assert.True(result.ExitCode == 0, $"fio failed: {result}");
+        Assert.Contains("err= 0", result.Stdout);
+        Assert.DoesNotContain("verify:", result.All);
+    }
+
     [Fact]
     public async Task Cli_ShowsWhatUpCreated()
     {
