@@ -34,7 +34,8 @@ internal sealed class SplicePipe : IDisposable
         // Above /proc/sys/fs/pipe-max-size (1 MiB by default) only a process with CAP_SYS_RESOURCE may go: then halve.
         for (int size = capacityBytes; size >= 64 * 1024 && Native.fcntl(fds[1], Native.F_SETPIPE_SZ, size) < 0; size /= 2) { }
         int capacity = Native.fcntl(fds[1], Native.F_GETPIPE_SZ, 0);
-        if (capacity <= 0)
+        // Past the per-user pipe quota (pipe-user-pages-soft) new pipes get one page: too small to be worth splicing.
+        if (capacity < 64 * 1024)
         {
             Native.close(fds[0]);
             Native.close(fds[1]);
