@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Xunit;
 
 namespace Tessera.Agent.Tests;
@@ -13,13 +12,6 @@ public class MappedReadTests
 {
     private const int Seg = 64 << 10;
 
-    private static byte[] Pattern(long offset, int length, ulong tag)
-    {
-        var data = new byte[length];
-        for (int i = 0; i < length; i += 8) BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(i), (ulong)(offset + i) ^ tag);
-        return data;
-    }
-
     [Fact]
     public async Task A_mapped_read_holds_the_gate_until_it_ends_and_points_at_the_mapped_bytes()
     {
@@ -29,7 +21,7 @@ public class MappedReadTests
         await using var client = await Cluster.OpenAsync(agent, "d");
         const long offset = 3 * Seg / 2; // spans three segments, starting mid-segment
         const int length = 2 * Seg;
-        var written = Pattern(offset, length, 0xD15C_0001);
+        var written = OffsetPattern.Make(offset, length, 0xD15C_0001);
         Assert.Equal(0u, await client.WriteAsync(offset, written));
         var volume = agent.Core.FindVolume("d")!;
 
@@ -60,7 +52,7 @@ public class MappedReadTests
         var agent = await c.StartAgentAsync("h1");
         await c.CreateDiskAsync("d", 4 << 20, Seg, "h1");
         await using var client = await Cluster.OpenAsync(agent, "d");
-        Assert.Equal(0u, await client.WriteAsync(0, Pattern(0, Seg, 7)));
+        Assert.Equal(0u, await client.WriteAsync(0, OffsetPattern.Make(0, Seg, 7)));
         var volume = agent.Core.FindVolume("d")!;
 
         // Segment 1 was never written: thin, no place in any file. A read covering it is neither offered nor held.
@@ -74,7 +66,7 @@ public class MappedReadTests
         long mapped = volume.MappedReadsBegun;
         var buffer = new byte[2 * Seg];
         Assert.Equal(0u, await client.ReadAsync(0, buffer));
-        Assert.Equal(Pattern(0, Seg, 7), buffer[..Seg]);
+        Assert.Equal(OffsetPattern.Make(0, Seg, 7), buffer[..Seg]);
         Assert.All(buffer[Seg..], b => Assert.Equal(0, b));
         Assert.Equal(mapped, volume.MappedReadsBegun);
     }
@@ -88,7 +80,7 @@ public class MappedReadTests
         var agent = await c.StartAgentAsync("h1");
         await c.CreateDiskAsync("d", 8 << 20, Seg, "h1");
         await using var client = await Cluster.OpenAsync(agent, "d");
-        var image = Pattern(0, 8 << 20, 0xFEED);
+        var image = OffsetPattern.Make(0, 8 << 20, 0xFEED);
         for (int o = 0; o < image.Length; o += 1 << 20) Assert.Equal(0u, await client.WriteAsync(o, image.AsMemory(o, 1 << 20)));
         var volume = agent.Core.FindVolume("d")!;
         long mapped = volume.MappedReadsBegun;

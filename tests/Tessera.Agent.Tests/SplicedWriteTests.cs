@@ -1,4 +1,3 @@
-using System.Buffers.Binary;
 using Xunit;
 
 namespace Tessera.Agent.Tests;
@@ -13,13 +12,6 @@ public class SplicedWriteTests
 {
     private const int Seg = 64 << 10;
 
-    private static byte[] Pattern(long offset, int length, ulong tag)
-    {
-        var data = new byte[length];
-        for (int i = 0; i < length; i += 8) BinaryPrimitives.WriteUInt64LittleEndian(data.AsSpan(i), (ulong)(offset + i) ^ tag);
-        return data;
-    }
-
     [Fact]
     public async Task A_spliced_write_holds_the_gate_until_it_ends_and_points_at_the_mapped_places()
     {
@@ -29,7 +21,7 @@ public class SplicedWriteTests
         await using var client = await Cluster.OpenAsync(agent, "d");
         const long offset = 3 * Seg / 2; // spans three segments, starting mid-segment
         const int length = 2 * Seg;
-        Assert.Equal(0u, await client.WriteAsync(offset, Pattern(offset, length, 1)));
+        Assert.Equal(0u, await client.WriteAsync(offset, OffsetPattern.Make(offset, length, 1)));
         var volume = agent.Core.FindVolume("d")!;
 
         Assert.True(volume.CanSpliceWrite(offset, length));
@@ -39,7 +31,7 @@ public class SplicedWriteTests
         Assert.False(drain.IsCompleted); // the write is in flight until its plan ends
 
         // Writing new bytes at the planned places is what the disk then reads at the offset.
-        var next = Pattern(offset, length, 2);
+        var next = OffsetPattern.Make(offset, length, 2);
         int at = 0;
         for (int i = 0; i < write.Count; i++)
         {
@@ -62,7 +54,7 @@ public class SplicedWriteTests
         var agent = await c.StartAgentAsync("h1");
         await c.CreateDiskAsync("d", 4 << 20, Seg, "h1");
         await using var client = await Cluster.OpenAsync(agent, "d");
-        Assert.Equal(0u, await client.WriteAsync(0, Pattern(0, Seg, 7)));
+        Assert.Equal(0u, await client.WriteAsync(0, OffsetPattern.Make(0, Seg, 7)));
         var volume = agent.Core.FindVolume("d")!;
 
         // Segment 1 was never written: its first write must fault. Neither offered nor held.
@@ -91,7 +83,7 @@ public class SplicedWriteTests
         {
             foreach (var (offset, length) in writes)
             {
-                var data = Pattern(offset, length, (ulong)generation << 56);
+                var data = OffsetPattern.Make(offset, length, (ulong)generation << 56);
                 Assert.Equal(0u, await client.WriteAsync(offset, data, fua: generation == 3));
                 data.CopyTo(image, (int)offset);
             }

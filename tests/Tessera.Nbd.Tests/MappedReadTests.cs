@@ -129,12 +129,6 @@ public sealed class MappedReadTests : IDisposable
         }
     }
 
-    private sealed class OneExportCatalog(INbdExport export) : INbdExportCatalog
-    {
-        public IReadOnlyList<NbdExportDescriptor> ListExports() => [new(export.Name, export.Description)];
-        public INbdExport? Open(string name) => export;
-    }
-
     /// <summary>A client transport whose reads wait while paused: a client that has stopped reading its replies.</summary>
     private sealed class PausableStream(Stream inner) : Stream
     {
@@ -190,16 +184,6 @@ public sealed class MappedReadTests : IDisposable
         }
     }
 
-    private static async Task WaitAsync(Func<bool> condition, string what)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline) Assert.Fail("timed out waiting until " + what);
-            await Task.Delay(5);
-        }
-    }
-
     [Theory]
     [InlineData(true, false)]
     [InlineData(false, false)]
@@ -231,7 +215,7 @@ public sealed class MappedReadTests : IDisposable
         await Task.WhenAll(pending);
 
         int large = reads.Count(r => r.Length >= 64 << 10) + pending.Length;
-        await WaitAsync(() => Volatile.Read(ref export.Ended) == Volatile.Read(ref export.Begun), "every held read was ended");
+        await Eventually.WaitAsync(() => Volatile.Read(ref export.Ended) == Volatile.Read(ref export.Begun), "every held read was ended");
         // Every large read went out from the mapping (the export never refuses here), every small one was buffered.
         Assert.Equal(large, export.Begun);
         Assert.Equal(reads.Length + pending.Length - large, export.BufferedReads);
@@ -253,7 +237,7 @@ public sealed class MappedReadTests : IDisposable
         var read = client.ReadAsync(0, buffer).AsTask();
         // The ranges (for an agent: the disk's in-flight gate) are let go although the client has not read the reply:
         // what did not fit in the socket was copied out first.
-        await WaitAsync(() => Volatile.Read(ref export.Begun) == 1 && Volatile.Read(ref export.Ended) == 1, "the held read was ended before the client read it");
+        await Eventually.WaitAsync(() => Volatile.Read(ref export.Begun) == 1 && Volatile.Read(ref export.Ended) == 1, "the held read was ended before the client read it");
         Assert.False(read.IsCompleted);
 
         transport.Resume();
@@ -317,8 +301,8 @@ public sealed class MappedReadTests : IDisposable
         try { errno = await client.ReadAsync(4 * Chunk, bad); }
         catch (Exception e) when (e is NbdClientException or IOException or OperationCanceledException) { } // the connection ended: expected
         Assert.True(errno is null or not 0u, "a read whose mapping could not deliver was answered as a success");
-        await WaitAsync(() => export.BufferedReads > buffered, "the failed range was read again through the export");
-        await WaitAsync(() => Volatile.Read(ref export.Ended) == Volatile.Read(ref export.Begun), "every held read was ended");
+        await Eventually.WaitAsync(() => export.BufferedReads > buffered, "the failed range was read again through the export");
+        await Eventually.WaitAsync(() => Volatile.Read(ref export.Ended) == Volatile.Read(ref export.Begun), "every held read was ended");
     }
 
     [Fact]

@@ -124,12 +124,6 @@ public sealed class SplicedWriteTests : IDisposable
         }
     }
 
-    private sealed class OneExportCatalog(INbdExport export) : INbdExportCatalog
-    {
-        public IReadOnlyList<NbdExportDescriptor> ListExports() => [new(export.Name, export.Description)];
-        public INbdExport? Open(string name) => export;
-    }
-
     private static async Task<NbdServer> StartAsync(ShuffledFileExport export, int splicedWriteMinBytes = 128 << 10, string? unixSocketPath = null)
     {
         var server = new NbdServer(new OneExportCatalog(export), new NbdServerOptions { SplicedWriteMinBytes = splicedWriteMinBytes, UnixSocketPath = unixSocketPath }, NullLogger<NbdServer>.Instance);
@@ -149,16 +143,6 @@ public sealed class SplicedWriteTests : IDisposable
             o += n;
         }
         return data;
-    }
-
-    private static async Task WaitAsync(Func<bool> condition, string what)
-    {
-        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
-        while (!condition())
-        {
-            if (DateTime.UtcNow > deadline) Assert.Fail("timed out waiting until " + what);
-            await Task.Delay(5);
-        }
     }
 
     private static async Task<RawNbd> OpenRawAsync(NbdServer server)
@@ -210,7 +194,7 @@ public sealed class SplicedWriteTests : IDisposable
         Assert.All(await Task.WhenAll(pending), errno => Assert.Equal(0u, errno));
 
         Assert.True(FileBytes(0, reference.Length).AsSpan().SequenceEqual(reference), "the file differs from the reference");
-        await WaitAsync(() => Volatile.Read(ref export.Ended) == Volatile.Read(ref export.Begun), "every held write was ended");
+        await Eventually.WaitAsync(() => Volatile.Read(ref export.Ended) == Volatile.Read(ref export.Begun), "every held write was ended");
         int large = writes.Count(w => w.Length >= 128 << 10) + pending.Length;
         Assert.Equal(large, export.Begun);
         // Small writes are buffered; a large one whose payload had not all arrived had its rest written buffered too.
@@ -231,7 +215,7 @@ public sealed class SplicedWriteTests : IDisposable
         // The header and the first quarter of the payload; the rest only once the plan has been let go.
         await raw.Stream.WriteAsync(RawNbd.Request(NbdWire.CmdWrite, 0, 1, offset, (uint)data.Length));
         await raw.Stream.WriteAsync(data.AsMemory(0, data.Length / 4));
-        await WaitAsync(() => Volatile.Read(ref export.Ended) == 1, "the held write was ended before the rest of its payload arrived");
+        await Eventually.WaitAsync(() => Volatile.Read(ref export.Ended) == 1, "the held write was ended before the rest of its payload arrived");
         Assert.Equal(1, export.Begun);
         await raw.Stream.WriteAsync(data.AsMemory(data.Length / 4));
         Assert.Equal(0u, await ReplyAsync(raw, 1));

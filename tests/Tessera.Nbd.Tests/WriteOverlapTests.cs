@@ -78,12 +78,6 @@ public class WriteOverlapTests
         public void Dispose() { }
     }
 
-    private sealed class OneExportCatalog(INbdExport export) : INbdExportCatalog
-    {
-        public IReadOnlyList<NbdExportDescriptor> ListExports() => [new(export.Name, export.Description)];
-        public INbdExport? Open(string name) => name == export.Name || name.Length == 0 ? export : null;
-    }
-
     private static byte[] WriteBurst(IEnumerable<(ulong Cookie, long Offset)> writes)
     {
         var burst = new MemoryStream();

@@ -248,3 +248,24 @@ public sealed class RawNbd : IAsyncDisposable
         _socket?.Dispose();
     }
 }
+
+/// <summary>A catalogue of one export, opened whatever name the client asks for.</summary>
+public sealed class OneExportCatalog(INbdExport export) : INbdExportCatalog
+{
+    public IReadOnlyList<NbdExportDescriptor> ListExports() => [new(export.Name, export.Description)];
+    public INbdExport? Open(string name) => export;
+}
+
+public static class Eventually
+{
+    /// <summary>Waits (polling, bounded at 20 s) until <paramref name="condition"/> holds; fails the test naming <paramref name="what"/> otherwise.</summary>
+    public static async Task WaitAsync(Func<bool> condition, string what)
+    {
+        var deadline = DateTime.UtcNow + TimeSpan.FromSeconds(20);
+        while (!condition())
+        {
+            if (DateTime.UtcNow > deadline) Assert.Fail("timed out waiting until " + what);
+            await Task.Delay(5);
+        }
+    }
+}
