@@ -173,6 +173,22 @@ public class MigrationTests(ITestOutputHelper output)
         Assert.Equal(targetName, locations.Containers.Single().Container);
     }
 
+    /// <summary>Moves disk d1 (all of it on pool0) to pool1 and back, each move complete; reports how far <paramref name="progress"/> got meanwhile.</summary>
+    private async Task MoveThereAndBackAsync(Cluster c, string load, Func<long> progress)
+    {
+        var ops = Ops(c, out var channel);
+        using var _ = channel;
+        foreach (var target in new[] { "pool1", "pool0" })
+        {
+            long before = progress();
+            var job = await ops.MigrateDiskAsync(new MigrateDiskRequest { Disk = "d1", To = target });
+            var done = await WaitJobAsync(ops, job.Id);
+            Assert.Equal("done", done.State);
+            Assert.Equal((ulong)(DiskSize / Seg), done.MovedSegments);
+            Report($"migrate to {target} under {load} ({progress() - before} requests during the job)", done);
+        }
+    }
+
     /// <summary>Each 8-byte word of disk d1 in the large-read test: its own offset, scrambled.</summary>
     private static ulong WordAt(long offset) => (ulong)offset * 0x9E3779B97F4A7C15UL ^ 0xD1;
 
@@ -220,18 +236,8 @@ public class MigrationTests(ITestOutputHelper output)
             }
         }
         var readers = new[] { Task.Run(() => ReadLoopAsync(1)), Task.Run(() => ReadLoopAsync(2)) };
-        var ops = Ops(c, out var channel);
-        using var _ = channel;
         while (Interlocked.Read(ref reads) < 20 && mismatch is null) await Task.Delay(5);
-        foreach (var target in new[] { "pool1", "pool0" })
-        {
-            long before = Interlocked.Read(ref reads);
-            var job = await ops.MigrateDiskAsync(new MigrateDiskRequest { Disk = "d1", To = target });
-            var done = await WaitJobAsync(ops, job.Id);
-            Assert.Equal("done", done.State);
-            Assert.Equal((ulong)(DiskSize / Seg), done.MovedSegments);
-            Report($"migrate to {target} under large reads ({Interlocked.Read(ref reads) - before} reads during the job)", done);
-        }
+        await MoveThereAndBackAsync(c, "large reads", () => Interlocked.Read(ref reads));
         stop.Cancel();
         await Task.WhenAll(readers).WaitAsync(Cluster.Timeout);
         Assert.Null(mismatch);
@@ -282,17 +288,8 @@ public class MigrationTests(ITestOutputHelper output)
                 Interlocked.Increment(ref writes);
             }
         });
-        var ops = Ops(c, out var channel);
-        using var __ = channel;
         while (Interlocked.Read(ref writes) < 20 && failure is null) await Task.Delay(5);
-        foreach (var target in new[] { "pool1", "pool0" })
-        {
-            long before = Interlocked.Read(ref writes);
-            var job = await ops.MigrateDiskAsync(new MigrateDiskRequest { Disk = "d1", To = target });
-            var done = await WaitJobAsync(ops, job.Id);
-            Assert.Equal("done", done.State);
-            Report($"migrate to {target} under large writes ({Interlocked.Read(ref writes) - before} writes during the job)", done);
-        }
+        await MoveThereAndBackAsync(c, "large writes", () => Interlocked.Read(ref writes));
         stop.Cancel();
         await writer.WaitAsync(Cluster.Timeout);
         Assert.Null(failure);
