@@ -92,9 +92,10 @@ internal sealed partial class NbdConnection
             ReceiveWithoutSplicing(ctx.Buffer.AsMemory(0, rest), ct);
             return _export.WriteAsync(offset + done, ctx.Buffer.AsMemory(0, rest), fua, ct);
         }
-        catch (Exception e) when (e is IOException or NbdProtocolException or ObjectDisposedException or OperationCanceledException)
+        catch (Exception e)
         {
-            // The payload's place in the stream is lost: the connection ends (its reader stops at the next header).
+            // Whatever failed, the payload's place in the stream is lost: the connection ends (its reader stops before
+            // the next header, rather than parse payload bytes as one).
             if (write.Count > 0) write.End(-1, 0); // still held; the files took what they were given (dirty), none refused
             DiscardSplicePipe();
             MarkBroken(e);

@@ -11,14 +11,16 @@ namespace Tessera.Core.Containers;
 /// microsecond or two, far cheaper than a hop to another thread. Callers that must not block (the NBD reader
 /// loop) already run each request on the thread pool.
 ///
-/// The file is also mapped read-only (<see cref="FileMapping"/>), so an NBD server can send large reads from the page
-/// cache with one copy instead of two.
+/// An agent's NBD server also asks for a read-only mapping of the file (<see cref="Mapping"/>, made on first use, so
+/// the controller's containers never map), to send large reads from the page cache with one copy instead of two.
 /// </summary>
 public sealed class FileContainer : IStorageContainer, IFileBackedContainer
 {
     private readonly SafeFileHandle _handle;
     private readonly long _sizeBytes;
-    private readonly FileMapping? _mapping;
+    private readonly object _mappingLock = new();
+    private FileMapping? _mapping;
+    private volatile bool _mappingDecided;
     private int _punchHoleUnsupported;
 
     private FileContainer(string uri, SafeFileHandle handle, long sizeBytes)
@@ -26,12 +28,24 @@ public sealed class FileContainer : IStorageContainer, IFileBackedContainer
         Uri = uri;
         _handle = handle;
         _sizeBytes = sizeBytes;
-        _mapping = FileMapping.TryCreate(handle, sizeBytes);
     }
 
     public string Uri { get; }
 
-    public FileMapping? Mapping => _mapping;
+    public FileMapping? Mapping => _mappingDecided ? _mapping : MapOnce();
+
+    private FileMapping? MapOnce()
+    {
+        lock (_mappingLock)
+        {
+            if (!_mappingDecided)
+            {
+                _mapping = FileMapping.TryCreate(_handle, _sizeBytes);
+                _mappingDecided = true;
+            }
+            return _mapping;
+        }
+    }
 
     public SafeFileHandle? FileHandle => _handle;
 
@@ -126,7 +140,11 @@ public sealed class FileContainer : IStorageContainer, IFileBackedContainer
 
     public void Dispose()
     {
-        _mapping?.Dispose(); // unmaps once the last send holding it returns
+        lock (_mappingLock)
+        {
+            _mappingDecided = true; // no mapping after this
+            _mapping?.Dispose(); // unmaps once the last send holding it returns
+        }
         _handle.Dispose();
     }
 
