@@ -22,39 +22,35 @@ public sealed partial class DiskVolume
     /// <summary>Advisory: whether every piece of the range is mapped to a container with a mapping right now.</summary>
     internal bool CanMapRead(long offset, int length)
     {
-        if (length <= 0 || !InRange(offset, length) || IsClosed) return false;
-        for (long position = offset, end = offset + length; position < end; position += FirstPieceLength(position, end - position))
-        {
-            var entry = Lookup(position >> SegmentShift);
-            if (entry.ActionFor(write: false) != EntryAction.Map || MappingOf(entry) is null) return false;
-        }
-        return true;
+        var probe = new HasMapping();
+        return ForEachFilePiece(offset, length, write: false, ref probe);
     }
 
     internal bool TryBeginMappedRead(long offset, int length, VolumeMappedRead read)
     {
-        if (length <= 0 || !InRange(offset, length) || IsClosed) return false;
         var token = Gate.Enter();
-        for (long position = offset, end = offset + length; position < end;)
+        var plan = new AddToMappedRead(read);
+        if (!ForEachFilePiece(offset, length, write: false, ref plan))
         {
-            int n = FirstPieceLength(position, end - position);
-            var entry = Lookup(position >> SegmentShift);
-            if (entry.ActionFor(write: false) != EntryAction.Map
-                || MappingOf(entry) is not { } mapping
-                || !read.TryAdd(mapping, entry.ContainerOffset + (position & (SegmentSizeBytes - 1)), n))
-            {
-                read.Clear();
-                InFlightGate.Leave(token);
-                return false;
-            }
-            position += n;
+            read.Clear();
+            InFlightGate.Leave(token);
+            return false;
         }
         read.Hold(token);
         Interlocked.Increment(ref _mappedReadsBegun);
         return true;
     }
 
-    private FileMapping? MappingOf(MapEntry entry) => (_containers.Get(entry.ContainerId)?.Container as IFileBackedContainer)?.Mapping;
+    private readonly struct HasMapping : IFilePieceSink
+    {
+        public bool Add(ContainerSet.Slot slot, IFileBackedContainer container, long containerOffset, int length) => container.Mapping is not null;
+    }
+
+    private readonly struct AddToMappedRead(VolumeMappedRead read) : IFilePieceSink
+    {
+        public bool Add(ContainerSet.Slot slot, IFileBackedContainer container, long containerOffset, int length) =>
+            container.Mapping is { } mapping && read.TryAdd(mapping, containerOffset, length);
+    }
 }
 
 /// <summary>A mapped read of one <see cref="DiskVolume"/>: holds the disk's in-flight gate from the lookup until <see cref="End"/>.</summary>

@@ -23,32 +23,19 @@ public sealed partial class DiskVolume
     /// <summary>Advisory: whether every piece of the range is mapped for writing to a file-backed container right now.</summary>
     internal bool CanSpliceWrite(long offset, int length)
     {
-        if (length <= 0 || !InRange(offset, length) || ReadOnly || IsClosed) return false;
-        for (long position = offset, end = offset + length; position < end; position += FirstPieceLength(position, end - position))
-        {
-            var entry = Lookup(position >> SegmentShift);
-            if (entry.ActionFor(write: true) != EntryAction.Map || FileOf(entry, out _) is null) return false;
-        }
-        return true;
+        var probe = new HasFile();
+        return ForEachFilePiece(offset, length, write: true, ref probe);
     }
 
     internal bool TryBeginSplicedWrite(long offset, int length, VolumeSplicedWrite write)
     {
-        if (length <= 0 || !InRange(offset, length) || ReadOnly || IsClosed) return false;
         var token = Gate.Enter();
-        for (long position = offset, end = offset + length; position < end;)
+        var plan = new AddToSplicedWrite(write);
+        if (!ForEachFilePiece(offset, length, write: true, ref plan))
         {
-            int n = FirstPieceLength(position, end - position);
-            var entry = Lookup(position >> SegmentShift);
-            if (entry.ActionFor(write: true) != EntryAction.Map
-                || FileOf(entry, out var slot) is not { } file
-                || !write.TryAdd(slot!, file, entry.ContainerOffset + (position & (SegmentSizeBytes - 1)), n))
-            {
-                write.Clear();
-                InFlightGate.Leave(token);
-                return false;
-            }
-            position += n;
+            write.Clear();
+            InFlightGate.Leave(token);
+            return false;
         }
         write.Hold(this, token);
         NoteWrite(offset, length); // as WriteAsync does: a sequential writer asks for its next window early
@@ -56,10 +43,15 @@ public sealed partial class DiskVolume
         return true;
     }
 
-    private SafeFileHandle? FileOf(MapEntry entry, out ContainerSet.Slot? slot)
+    private readonly struct HasFile : IFilePieceSink
     {
-        slot = _containers.Get(entry.ContainerId);
-        return (slot?.Container as IFileBackedContainer)?.FileHandle;
+        public bool Add(ContainerSet.Slot slot, IFileBackedContainer container, long containerOffset, int length) => container.FileHandle is not null;
+    }
+
+    private readonly struct AddToSplicedWrite(VolumeSplicedWrite write) : IFilePieceSink
+    {
+        public bool Add(ContainerSet.Slot slot, IFileBackedContainer container, long containerOffset, int length) =>
+            container.FileHandle is { } file && write.TryAdd(slot, file, containerOffset, length);
     }
 
     /// <summary>After a spliced write: the containers written are dirty (a flush must cover them); a refusing one is reported.</summary>

@@ -31,20 +31,9 @@ public interface INbdMappedReadExport
 /// The mapped ranges one read is sent from, in order; contiguous ranges of one mapping are merged. Each mapping is
 /// referenced from <see cref="TryAdd"/> to <see cref="End"/>, so a container closed meanwhile stays mapped until then.
 /// </summary>
-public abstract class NbdMappedRead
+public abstract class NbdMappedRead : NbdRangePlan<FileMapping>
 {
-    /// <summary>Most ranges one read may need; a read that would need more is read into the buffer instead.</summary>
-    public const int MaxRanges = 64;
-
-    private readonly FileMapping?[] _mappings = new FileMapping?[MaxRanges];
-    private readonly long[] _offsets = new long[MaxRanges];
-    private readonly int[] _lengths = new int[MaxRanges];
-
-    public int Count { get; private set; }
-
-    public FileMapping Mapping(int i) => _mappings[i]!;
-    public long Offset(int i) => _offsets[i];
-    public int Length(int i) => _lengths[i];
+    public FileMapping Mapping(int i) => Source(i);
 
     /// <summary>Total bytes the plan covers.</summary>
     public long TotalBytes
@@ -52,46 +41,38 @@ public abstract class NbdMappedRead
         get
         {
             long total = 0;
-            for (int i = 0; i < Count; i++) total += _lengths[i];
+            for (int i = 0; i < Count; i++) total += Length(i);
             return total;
         }
     }
 
     /// <summary>Appends a range (inside the mapping, checked); false when the plan is full, the range is outside the mapping or the mapping is closed.</summary>
-    public bool TryAdd(FileMapping mapping, long offset, int length)
+    public bool TryAdd(FileMapping mapping, long offset, int length) =>
+        offset >= 0 && length > 0 && offset <= mapping.SizeBytes - length && TryAddRange(mapping, offset, length);
+
+    protected override bool Acquire(FileMapping mapping)
     {
-        if (offset < 0 || length <= 0 || offset > mapping.SizeBytes - length) return false;
-        int last = Count - 1;
-        if (last >= 0 && ReferenceEquals(_mappings[last], mapping) && _offsets[last] + _lengths[last] == offset && _lengths[last] <= int.MaxValue - length)
-        {
-            _lengths[last] += length;
-            return true;
-        }
-        if (Count == MaxRanges) return false;
         bool added = false;
         try { mapping.DangerousAddRef(ref added); }
         catch (ObjectDisposedException) { return false; }
-        if (!added) return false;
-        _mappings[Count] = mapping;
-        _offsets[Count] = offset;
-        _lengths[Count] = length;
-        Count++;
-        return true;
+        return added;
     }
+
+    protected override void Release(FileMapping mapping) => mapping.DangerousRelease();
 
     /// <summary>Copies <paramref name="count"/> bytes of the plan, from <paramref name="skip"/> on, with pread (not through the mapping).</summary>
     public void CopyTo(Span<byte> destination, long skip, int count)
     {
         for (int i = 0; i < Count && count > 0; i++)
         {
-            if (skip >= _lengths[i]) { skip -= _lengths[i]; continue; }
-            int n = (int)Math.Min(_lengths[i] - skip, count);
+            if (skip >= Length(i)) { skip -= Length(i); continue; }
+            int n = (int)Math.Min(Length(i) - skip, count);
             var part = destination[..n];
-            long position = _offsets[i] + skip;
+            long position = Offset(i) + skip;
             while (!part.IsEmpty)
             {
                 int got;
-                try { got = RandomAccess.Read(_mappings[i]!.File, part, position); }
+                try { got = RandomAccess.Read(Source(i).File, part, position); }
                 catch (Exception e) when (e is IOException or ObjectDisposedException or UnauthorizedAccessException)
                 {
                     throw new NbdMappedReadException("reading the file failed: " + e.Message);
@@ -104,17 +85,6 @@ public abstract class NbdMappedRead
             count -= n;
             skip = 0;
         }
-    }
-
-    /// <summary>Drops the ranges and their mapping references.</summary>
-    public void Clear()
-    {
-        for (int i = 0; i < Count; i++)
-        {
-            _mappings[i]!.DangerousRelease();
-            _mappings[i] = null;
-        }
-        Count = 0;
     }
 
     /// <summary>

@@ -25,43 +25,12 @@ public interface INbdSplicedWriteExport
 }
 
 /// <summary>The file ranges one write goes to, in payload order; contiguous ranges of one file are merged.</summary>
-public abstract class NbdSplicedWrite
+public abstract class NbdSplicedWrite : NbdRangePlan<SafeFileHandle>
 {
-    /// <summary>Most ranges one write may need; a write that would need more is received into a buffer instead.</summary>
-    public const int MaxRanges = 64;
+    public SafeFileHandle File(int i) => Source(i);
 
-    private readonly SafeFileHandle?[] _files = new SafeFileHandle?[MaxRanges];
-    private readonly long[] _offsets = new long[MaxRanges];
-    private readonly int[] _lengths = new int[MaxRanges];
-
-    public int Count { get; private set; }
-
-    public SafeFileHandle File(int i) => _files[i]!;
-    public long Offset(int i) => _offsets[i];
-    public int Length(int i) => _lengths[i];
-
-    /// <summary>Appends a range; false when the plan is full. A new range (not merged) gets index <see cref="Count"/> - 1.</summary>
-    public bool TryAdd(SafeFileHandle file, long offset, int length)
-    {
-        int last = Count - 1;
-        if (last >= 0 && ReferenceEquals(_files[last], file) && _offsets[last] + _lengths[last] == offset && _lengths[last] <= int.MaxValue - length)
-        {
-            _lengths[last] += length;
-            return true;
-        }
-        if (Count == MaxRanges) return false;
-        _files[Count] = file;
-        _offsets[Count] = offset;
-        _lengths[Count] = length;
-        Count++;
-        return true;
-    }
-
-    public void Clear()
-    {
-        Array.Clear(_files, 0, Count);
-        Count = 0;
-    }
+    /// <summary>Appends a range; false when the plan is full. A new range (not merged) gets index <see cref="NbdRangePlan{T}.Count"/> - 1.</summary>
+    public bool TryAdd(SafeFileHandle file, long offset, int length) => TryAddRange(file, offset, length);
 
     /// <summary>
     /// Releases what the begin held, after the payload went to the files (<paramref name="failedRange"/> is -1) or the

@@ -15,15 +15,11 @@ internal sealed class SplicePipe : IDisposable
     private readonly int _writeFd;
     private int _disposed;
 
-    private SplicePipe(int readFd, int writeFd, int capacityBytes)
+    private SplicePipe(int readFd, int writeFd)
     {
         _readFd = readFd;
         _writeFd = writeFd;
-        CapacityBytes = capacityBytes;
     }
-
-    /// <summary>Bytes the pipe holds at most (when every slot is a full page; fewer when the socket hands over partial pages).</summary>
-    public int CapacityBytes { get; }
 
     /// <summary>A pipe of (at least, where the kernel allows) <paramref name="capacityBytes"/>; null when pipes or splice are unavailable.</summary>
     public static SplicePipe? TryCreate(int capacityBytes)
@@ -41,7 +37,7 @@ internal sealed class SplicePipe : IDisposable
             Native.close(fds[1]);
             return null;
         }
-        return new SplicePipe(fds[0], fds[1], capacity);
+        return new SplicePipe(fds[0], fds[1]);
     }
 
     /// <summary>Copies bytes the connection already received into the (empty) pipe.</summary>
